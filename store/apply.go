@@ -1,0 +1,145 @@
+package store
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+)
+
+// Validate checks u on its own, before any store is consulted.
+func (u OperationUpdate) Validate() error {
+	if !u.From.Valid() {
+		return invalid("operation update", "From", "unknown state %q", u.From)
+	}
+	if u.State != "" && !u.State.Valid() {
+		return invalid("operation update", "State", "unknown state %q", u.State)
+	}
+	if !u.Reason.Valid() {
+		return invalid("operation update", "Reason", "unknown reason %q", u.Reason)
+	}
+	if u.Phase != nil && !u.Phase.Valid() {
+		return invalid("operation update", "Phase", "unknown phase %q", *u.Phase)
+	}
+	if u.Progress != nil {
+		if err := status.ValidateProgress(*u.Progress); err != nil {
+			return invalid("operation update", "Progress", "%d is outside 0-100", *u.Progress)
+		}
+	}
+	if u.Attempt != nil && *u.Attempt < 0 {
+		return invalid("operation update", "Attempt", "is negative (%d)", *u.Attempt)
+	}
+	return nil
+}
+
+// ApplyUpdate returns op changed by u at time now, or an error (wrapping
+// ErrInvalid or ErrInvalidTransition) if the contract of
+// Operations.UpdateOperation forbids it. It is pure: adapters call it on the
+// record they hold (or locked) so every store applies the same rules.
+func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, error) {
+	if err := u.Validate(); err != nil {
+		return op, err
+	}
+	if op.State != u.From {
+		return op, fmt.Errorf("%w: operation %s is %s, not %s", ErrInvalidTransition, op.ID, op.State, u.From)
+	}
+	if op.State.Terminal() {
+		return op, fmt.Errorf("%w: operation %s is %s, which is final", ErrInvalidTransition, op.ID, op.State)
+	}
+	next := op
+	if u.State != "" && u.State != op.State {
+		if !status.CanTransition(op.State, u.State) {
+			return op, fmt.Errorf("%w: operation %s cannot go from %s to %s", ErrInvalidTransition, op.ID, op.State, u.State)
+		}
+		if op.Phase.AfterPointOfNoReturn() && (u.State == status.Cancelled || u.State == status.Aborted) {
+			return op, fmt.Errorf("%w: operation %s is %s, past the point of no return: it can no longer be %s",
+				ErrInvalidTransition, op.ID, op.Phase, u.State)
+		}
+		next.State = u.State
+		next.Reason = u.Reason
+		if u.State == status.InProgress && op.StartedAt.IsZero() {
+			next.StartedAt = now
+		}
+		if u.State.Terminal() {
+			next.FinishedAt = now
+		}
+	}
+	if u.Phase != nil && *u.Phase != op.Phase {
+		if next.State != status.InProgress {
+			return op, fmt.Errorf("%w: operation %s would be %s; only in-progress operations change phase",
+				ErrInvalidTransition, op.ID, next.State)
+		}
+		if op.Phase.AfterPointOfNoReturn() && !u.Phase.AfterPointOfNoReturn() {
+			return op, fmt.Errorf("%w: operation %s is %s and cannot go back to %q",
+				ErrInvalidTransition, op.ID, op.Phase, *u.Phase)
+		}
+		next.Phase = *u.Phase
+	}
+	if u.Progress != nil {
+		next.Progress = *u.Progress
+	}
+	if u.Attempt != nil {
+		next.Attempt = *u.Attempt
+	}
+	if u.NextAttemptAt != nil {
+		next.NextAttemptAt = *u.NextAttemptAt
+	}
+	if u.Deadline != nil {
+		next.Deadline = *u.Deadline
+	}
+	next.Version++
+	next.UpdatedAt = now
+	return next, nil
+}
+
+// CheckProgress validates a SetProgress call against the operation's
+// current state, for adapters.
+func CheckProgress(op Operation, percent int) error {
+	if err := status.ValidateProgress(percent); err != nil {
+		return invalid("operation", "Progress", "%d is outside 0-100", percent)
+	}
+	if op.State != status.InProgress {
+		return fmt.Errorf("%w: operation %s is %s; progress is only set while in progress", ErrInvalidTransition, op.ID, op.State)
+	}
+	return nil
+}
+
+// NextBatchState returns the state a batch in state cur moves to when its
+// operations are counted as c: the derived state, except that a paused batch
+// stays paused while operations remain to run.
+func NextBatchState(cur status.BatchState, c status.Counts) status.BatchState {
+	d := status.DeriveBatchState(c)
+	if cur == status.BatchPaused && d == status.BatchInProgress {
+		return status.BatchPaused
+	}
+	return d
+}
+
+// CheckBatchStateChange validates an explicit SetBatchState call.
+func CheckBatchStateChange(b Batch, from, to status.BatchState) error {
+	if !from.Valid() {
+		return invalid("batch", "State", "unknown state %q", from)
+	}
+	if !to.Valid() {
+		return invalid("batch", "State", "unknown state %q", to)
+	}
+	if b.State != from {
+		return fmt.Errorf("%w: batch %s is %s, not %s", ErrInvalidTransition, b.ID, b.State, from)
+	}
+	ok := (from == status.BatchInProgress && to == status.BatchPaused) ||
+		(from == status.BatchPaused && to == status.BatchInProgress)
+	if !ok {
+		return fmt.Errorf("%w: batch %s cannot be set from %s to %s", ErrInvalidTransition, b.ID, from, to)
+	}
+	return nil
+}
+
+// ImageFitsOrganization reports whether an image of organization imageOrg
+// may be used on a device of organization deviceOrg: the image is shared
+// (no organization) or both are the same.
+func ImageFitsOrganization(imageOrg, deviceOrg string) bool {
+	return imageOrg == "" || imageOrg == deviceOrg
+}
+
+// Ptr returns a pointer to v, for OperationUpdate's optional fields.
+func Ptr[T any](v T) *T { return &v }

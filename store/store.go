@@ -1,0 +1,214 @@
+package store
+
+import (
+	"context"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+)
+
+// Page selects one page of a listing. Records come in ascending ID order;
+// After is the last ID of the previous page ("" = from the start) and Limit
+// the page size (0 = no limit).
+type Page struct {
+	After string
+	Limit int
+}
+
+// Validate refuses a negative limit.
+func (p Page) Validate() error {
+	if p.Limit < 0 {
+		return invalid("page", "Limit", "is negative (%d)", p.Limit)
+	}
+	return nil
+}
+
+// CategoryFilter selects categories. Empty fields match everything.
+type CategoryFilter struct {
+	// Organization selects the categories of that organization; with
+	// IncludeShared, shared ones (no organization) too.
+	Organization  string
+	IncludeShared bool
+	Name          string
+	Page
+}
+
+// BuildFilter selects builds. Empty fields match everything.
+type BuildFilter struct {
+	Organization  string
+	IncludeShared bool
+	CategoryID    string
+	OSIdentifier  string
+	Page
+}
+
+// ImageFilter selects images. Empty fields match everything.
+type ImageFilter struct {
+	Organization  string
+	IncludeShared bool
+	BuildID       string
+	Type          string
+	Page
+}
+
+// DeviceFilter selects devices. Empty fields match everything.
+type DeviceFilter struct {
+	Organization string
+	Group        string
+	Location     string
+	OSIdentifier string
+	Page
+}
+
+// BatchFilter selects batches. Empty fields match everything.
+type BatchFilter struct {
+	Organization string
+	BuildID      string
+	States       []status.BatchState
+	Page
+}
+
+// OperationFilter selects operations. Empty fields match everything; Group
+// and Location match the operation's device.
+type OperationFilter struct {
+	Organization string
+	BuildID      string
+	ImageID      string
+	BatchID      string
+	DeviceID     string
+	States       []status.State
+	Group        string
+	Location     string
+	Page
+}
+
+// Categories stores firmware categories.
+type Categories interface {
+	// CreateCategory stores a new category and returns it with ID and
+	// timestamps set. A duplicate (organization, name) is ErrConflict.
+	CreateCategory(ctx context.Context, c Category) (Category, error)
+	Category(ctx context.Context, id string) (Category, error)
+	ListCategories(ctx context.Context, f CategoryFilter) ([]Category, error)
+}
+
+// Builds stores firmware builds.
+type Builds interface {
+	// CreateBuild stores a new build of an existing category (ErrNotFound
+	// otherwise). A duplicate (category, version), or an OS identifier
+	// already used in the organization, is ErrConflict.
+	CreateBuild(ctx context.Context, b Build) (Build, error)
+	Build(ctx context.Context, id string) (Build, error)
+	ListBuilds(ctx context.Context, f BuildFilter) ([]Build, error)
+}
+
+// Images stores the descriptions of firmware images.
+type Images interface {
+	// CreateImage stores a new image of an existing build. A duplicate
+	// (build, type) is ErrConflict.
+	CreateImage(ctx context.Context, im Image) (Image, error)
+	Image(ctx context.Context, id string) (Image, error)
+	ListImages(ctx context.Context, f ImageFilter) ([]Image, error)
+}
+
+// Catalog is the firmware catalog: categories, builds and images.
+type Catalog interface {
+	Categories
+	Builds
+	Images
+}
+
+// Devices stores what fwupgrader knows of the host's devices.
+type Devices interface {
+	// PutDevice creates the device or replaces the one with the same ID,
+	// keeping CreatedAt. Moving a device to another organization while it
+	// has a non-terminal operation or a firmware record is
+	// ErrOrganizationMismatch.
+	PutDevice(ctx context.Context, d Device) (Device, error)
+	Device(ctx context.Context, id string) (Device, error)
+	ListDevices(ctx context.Context, f DeviceFilter) ([]Device, error)
+}
+
+// DeviceFirmwares records which image each device runs.
+type DeviceFirmwares interface {
+	// PutDeviceFirmware creates or replaces the device's record. The device
+	// and image must exist (ErrNotFound) and the image must be shared or of
+	// the device's organization (ErrOrganizationMismatch).
+	PutDeviceFirmware(ctx context.Context, df DeviceFirmware) (DeviceFirmware, error)
+	// DeviceFirmware returns the device's record, or ErrNotFound.
+	DeviceFirmware(ctx context.Context, deviceID string) (DeviceFirmware, error)
+}
+
+// Batches stores mass upgrades.
+type Batches interface {
+	// CreateBatch stores a batch together with its operations, atomically:
+	// all or nothing. A batch needs at least one operation (ErrInvalid).
+	// Each operation is checked as by CreateOperation and gets BatchID set;
+	// the batch's build must be shared or of the batch's organization, and
+	// every image must belong to that build (ErrInvalid otherwise).
+	CreateBatch(ctx context.Context, b Batch, ops []Operation) (Batch, []Operation, error)
+	Batch(ctx context.Context, id string) (Batch, error)
+	ListBatches(ctx context.Context, f BatchFilter) ([]Batch, error)
+	// SetBatchState changes a batch's state explicitly, compare-and-set on
+	// from: only in-progress → paused (a failure threshold tripped) and
+	// paused → in-progress (resume) are allowed; every other change is
+	// derived from the operations. Otherwise ErrInvalidTransition.
+	SetBatchState(ctx context.Context, id string, from, to status.BatchState) (Batch, error)
+}
+
+// OperationUpdate is a compare-and-set change of an operation: it applies
+// only if the operation is in state From. Nil pointer fields and an empty
+// State leave those fields unchanged.
+type OperationUpdate struct {
+	// From is the state the caller expects the operation to be in.
+	From status.State
+	// State is the new state; it must pass status.CanTransition(From, State).
+	State status.State
+	// Reason is set whenever State changes (and cleared when it is empty).
+	Reason status.Reason
+	// Phase is the new phase. Phases belong to in-progress operations, and
+	// once an operation is at or after status.PhaseFlashing it never goes
+	// back to an earlier phase.
+	Phase         *status.Phase
+	Progress      *int
+	Attempt       *int
+	NextAttemptAt *time.Time
+	Deadline      *time.Time
+	// Log lines appended in the same atomic change.
+	Log []string
+}
+
+// Operations stores upgrade operations and their logs.
+type Operations interface {
+	// CreateOperation stores a new pending operation. The device and image
+	// must exist (ErrNotFound); the image must be shared or of the device's
+	// organization (ErrOrganizationMismatch); a device with a non-terminal
+	// operation is ErrDeviceBusy.
+	CreateOperation(ctx context.Context, op Operation) (Operation, error)
+	Operation(ctx context.Context, id string) (Operation, error)
+	ListOperations(ctx context.Context, f OperationFilter) ([]Operation, error)
+	// UpdateOperation applies u if the operation is in state u.From, and
+	// returns the updated operation. It refuses with ErrInvalidTransition,
+	// changing nothing, when the operation is not in u.From, is terminal,
+	// when u.State is not reachable from u.From, when u would cancel or
+	// abort an operation at or after status.PhaseFlashing, or move it back
+	// before that phase. After the change the batch's state is recomputed.
+	UpdateOperation(ctx context.Context, id string, u OperationUpdate) (Operation, error)
+	// SetProgress sets the progress of an in-progress operation and nothing
+	// else (ErrInvalidTransition if it is not in progress).
+	SetProgress(ctx context.Context, id string, percent int) error
+	// AppendLog appends lines to the operation's log, in any state. Lines
+	// longer than MaxLogLineLen are truncated.
+	AppendLog(ctx context.Context, id string, lines ...string) error
+	// Logs returns the operation's log entries with Seq > afterSeq, oldest
+	// first, at most limit of them (0 = all).
+	Logs(ctx context.Context, id string, afterSeq int64, limit int) ([]LogEntry, error)
+}
+
+// Store is every role together: what the engine needs.
+type Store interface {
+	Catalog
+	Devices
+	DeviceFirmwares
+	Batches
+	Operations
+}
