@@ -1,0 +1,127 @@
+package upgrader
+
+import (
+	"sync"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// EventKind says what an Event reports.
+type EventKind string
+
+// Event kinds.
+const (
+	EventOperationCreated  EventKind = "operation-created"
+	EventOperationState    EventKind = "operation-state"
+	EventOperationPhase    EventKind = "operation-phase"
+	EventOperationProgress EventKind = "operation-progress"
+	EventOperationLog      EventKind = "operation-log"
+	EventBatchState        EventKind = "batch-state"
+)
+
+// Event is something that happened to an operation or a batch. Fields that
+// do not apply to the Kind are zero.
+type Event struct {
+	Kind        EventKind
+	Time        time.Time
+	OperationID string
+	DeviceID    string
+	BatchID     string
+	State       status.State
+	Phase       status.Phase
+	Progress    int
+	Reason      status.Reason
+	// Line is the log line of an EventOperationLog.
+	Line string
+	// BatchState is the new state of an EventBatchState.
+	BatchState status.BatchState
+	// Dropped counts the events this subscriber lost (its buffer was full)
+	// since the previous event it received.
+	Dropped uint64
+}
+
+func opEvent(kind EventKind, op store.Operation, now time.Time) Event {
+	return Event{
+		Kind: kind, Time: now, OperationID: op.ID, DeviceID: op.DeviceID, BatchID: op.BatchID,
+		State: op.State, Phase: op.Phase, Progress: op.Progress, Reason: op.Reason,
+	}
+}
+
+type subscriber struct {
+	ch      chan Event
+	dropped uint64
+}
+
+// hub fans events out to subscribers without ever blocking the publisher.
+type hub struct {
+	mu      sync.Mutex
+	subs    map[*subscriber]struct{}
+	dropped uint64 // total over all subscribers
+}
+
+func (h *hub) subscribe(buffer int) (<-chan Event, func()) {
+	s := &subscriber{ch: make(chan Event, buffer)}
+	h.mu.Lock()
+	if h.subs == nil {
+		h.subs = map[*subscriber]struct{}{}
+	}
+	h.subs[s] = struct{}{}
+	h.mu.Unlock()
+	var once sync.Once
+	return s.ch, func() {
+		once.Do(func() {
+			h.mu.Lock()
+			delete(h.subs, s)
+			close(s.ch)
+			h.mu.Unlock()
+		})
+	}
+}
+
+func (h *hub) publish(ev Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		e := ev
+		e.Dropped = s.dropped
+		select {
+		case s.ch <- e:
+			s.dropped = 0
+		default:
+			s.dropped++
+			h.dropped++
+		}
+	}
+}
+
+func (h *hub) closeAll() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for s := range h.subs {
+		close(s.ch)
+		delete(h.subs, s)
+	}
+}
+
+// Subscribe returns a channel of the engine's events and a function that
+// ends the subscription and closes the channel. buffer is the channel's
+// capacity (0 = Config.EventBuffer). A subscriber that does not keep up
+// never slows upgrades down: events that do not fit are dropped, and the
+// next event it receives says how many in Event.Dropped. Subscriptions end
+// when Stop returns.
+func (e *Engine) Subscribe(buffer int) (<-chan Event, func()) {
+	if buffer <= 0 {
+		buffer = e.cfg.EventBuffer
+	}
+	return e.events.subscribe(buffer)
+}
+
+// DroppedEvents returns how many events were dropped in total, over all
+// subscribers, because their buffers were full.
+func (e *Engine) DroppedEvents() uint64 {
+	e.events.mu.Lock()
+	defer e.events.mu.Unlock()
+	return e.events.dropped
+}

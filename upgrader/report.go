@@ -1,0 +1,109 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// reporter is the engine's Reporter for one attempt.
+type reporter struct {
+	e         *Engine
+	op        store.Operation // as the attempt started
+	verifying bool            // a Verify call: phases stay at or after flashing
+}
+
+var _ Reporter = (*reporter)(nil)
+
+// phaseProgress is the progress an operation shows on entering a phase.
+var phaseProgress = map[status.Phase]int{
+	status.PhaseConnecting: status.ProgressStart,
+	status.PhaseFlashing:   status.ProgressFlashing,
+}
+
+func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
+	if !p.Valid() || p == status.PhaseNone {
+		return fmt.Errorf("upgrader: unknown phase %q", p)
+	}
+	if err := r.Cancelled(ctx); err != nil {
+		return err
+	}
+	u := store.OperationUpdate{From: status.InProgress, Phase: &p}
+	if v, ok := phaseProgress[p]; ok {
+		u.Progress = &v
+	}
+	wctx, cancel := writeContext(ctx)
+	defer cancel()
+	op, err := r.e.store.UpdateOperation(wctx, r.op.ID, u)
+	if errors.Is(err, store.ErrInvalidTransition) {
+		return r.why(wctx, err)
+	}
+	if err != nil {
+		return err
+	}
+	r.e.published(op, EventOperationPhase)
+	return nil
+}
+
+// why turns a refused update into ErrCancelled when a cancel won.
+func (r *reporter) why(ctx context.Context, err error) error {
+	cur, gerr := r.e.store.Operation(ctx, r.op.ID)
+	if gerr == nil && cur.State == status.Cancelled {
+		return fmt.Errorf("%w (%v)", ErrCancelled, err)
+	}
+	if gerr == nil && cur.State.Terminal() {
+		return fmt.Errorf("upgrader: operation %s already ended %s: %w", r.op.ID, cur.State, err)
+	}
+	return err
+}
+
+func (r *reporter) Progress(ctx context.Context, percent int) error {
+	if err := status.ValidateProgress(percent); err != nil {
+		return err
+	}
+	wctx, cancel := writeContext(ctx)
+	defer cancel()
+	err := r.e.store.SetProgress(wctx, r.op.ID, percent)
+	if errors.Is(err, store.ErrInvalidTransition) {
+		return r.why(wctx, err)
+	}
+	if err != nil {
+		return err
+	}
+	r.e.events.publish(Event{Kind: EventOperationProgress, Time: r.e.cfg.Now(), OperationID: r.op.ID,
+		DeviceID: r.op.DeviceID, BatchID: r.op.BatchID, State: status.InProgress, Progress: percent})
+	return nil
+}
+
+func (r *reporter) Log(ctx context.Context, line string) error {
+	wctx, cancel := writeContext(ctx)
+	defer cancel()
+	if err := r.e.store.AppendLog(wctx, r.op.ID, line); err != nil {
+		return err
+	}
+	r.e.logEvent(r.op, store.TruncateLogLine(line))
+	return nil
+}
+
+func (r *reporter) Cancelled(ctx context.Context) error {
+	if errors.Is(context.Cause(ctx), ErrCancelled) {
+		return ErrCancelled
+	}
+	if r.verifying {
+		return ctx.Err()
+	}
+	op, err := r.e.store.Operation(ctx, r.op.ID)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return err
+	}
+	if op.State == status.Cancelled {
+		return ErrCancelled
+	}
+	return ctx.Err()
+}
