@@ -34,6 +34,7 @@ type ValidationError struct {
 	Problem string // what is wrong, e.g. `longer than 32 characters`
 }
 
+// Error implements error: "store: invalid <record> <field>: <problem>".
 func (e *ValidationError) Error() string {
 	return fmt.Sprintf("store: invalid %s %s: %s", e.Record, e.Field, e.Problem)
 }

@@ -141,10 +141,15 @@ type DeviceFirmwares interface {
 // Batches stores mass upgrades.
 type Batches interface {
 	// CreateBatch stores a batch together with its operations, atomically:
-	// all or nothing. A batch needs at least one operation (ErrInvalid).
-	// Each operation is checked as by CreateOperation and gets BatchID set;
-	// the batch's build must be shared or of the batch's organization, and
-	// every image must belong to that build (ErrInvalid otherwise).
+	// all or nothing. A batch needs at least one operation (a
+	// *ValidationError on field "Operations"). Each operation is checked as
+	// by CreateOperation (a device may appear once: ErrDeviceBusy) and gets
+	// BatchID set; the operations come back in the order given. The
+	// batch's build must be shared or of the batch's organization, and a
+	// batch with an organization takes only devices of that organization
+	// (ErrOrganizationMismatch otherwise); every image must belong to the
+	// batch's build (a *ValidationError on field "ImageID" otherwise). The
+	// batch starts in b.State, idle when empty.
 	CreateBatch(ctx context.Context, b Batch, ops []Operation) (Batch, []Operation, error)
 	Batch(ctx context.Context, id string) (Batch, error)
 	ListBatches(ctx context.Context, f BatchFilter) ([]Batch, error)
@@ -161,7 +166,8 @@ type Batches interface {
 type OperationUpdate struct {
 	// From is the state the caller expects the operation to be in.
 	From status.State
-	// State is the new state; it must pass status.CanTransition(From, State).
+	// State is the new state; it must pass status.CanTransition(From,
+	// State). Empty, or equal to From, leaves the state unchanged.
 	State status.State
 	// Reason is set whenever State changes (and cleared when it is empty).
 	Reason status.Reason

@@ -1,0 +1,463 @@
+package memory
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// Compile-time assertions: Store implements every role.
+var (
+	_ store.Store           = (*Store)(nil)
+	_ store.Categories      = (*Store)(nil)
+	_ store.Builds          = (*Store)(nil)
+	_ store.Images          = (*Store)(nil)
+	_ store.Devices         = (*Store)(nil)
+	_ store.DeviceFirmwares = (*Store)(nil)
+	_ store.Batches         = (*Store)(nil)
+	_ store.Operations      = (*Store)(nil)
+)
+
+// Store is the in-memory store. Create it with New; the zero value is not
+// usable. All methods are safe for concurrent use.
+type Store struct {
+	mu sync.RWMutex
+
+	categories   map[string]store.Category
+	categoryName map[[2]string]string // (organization, name) -> ID
+
+	builds       map[string]store.Build
+	buildVersion map[[2]string]string // (category, version) -> ID
+	buildOS      map[[2]string]string // (organization, OS identifier) -> ID
+
+	images    map[string]store.Image
+	imageType map[[2]string]string // (build, type) -> ID
+
+	devices  map[string]store.Device
+	firmware map[string]store.DeviceFirmware // by device ID
+
+	batches map[string]*batchRec
+	ops     map[string]*opRec
+	// deviceOps lists every operation of a device; activeOp holds the
+	// device's non-terminal operation, if any.
+	deviceOps map[string][]string
+	activeOp  map[string]string
+}
+
+type batchRec struct {
+	b      store.Batch // Counts unused here; see counts
+	counts status.Counts
+	ops    []string
+}
+
+type opRec struct {
+	op   store.Operation
+	logs []store.LogEntry
+}
+
+// New returns an empty store.
+func New() *Store {
+	return &Store{
+		categories:   map[string]store.Category{},
+		categoryName: map[[2]string]string{},
+		builds:       map[string]store.Build{},
+		buildVersion: map[[2]string]string{},
+		buildOS:      map[[2]string]string{},
+		images:       map[string]store.Image{},
+		imageType:    map[[2]string]string{},
+		devices:      map[string]store.Device{},
+		firmware:     map[string]store.DeviceFirmware{},
+		batches:      map[string]*batchRec{},
+		ops:          map[string]*opRec{},
+		deviceOps:    map[string][]string{},
+		activeOp:     map[string]string{},
+	}
+}
+
+func now() time.Time { return time.Now().UTC() }
+
+func notFound(kind, id string) error {
+	return fmt.Errorf("%w: %s %q", store.ErrNotFound, kind, id)
+}
+
+func ctxErr(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return fmt.Errorf("store/memory: %w", err)
+	}
+	return nil
+}
+
+// ---- copies ----
+
+func cloneImage(im store.Image) store.Image {
+	im.Boards = slices.Clone(im.Boards)
+	return im
+}
+
+func cloneOp(op store.Operation) store.Operation {
+	op.Options = slices.Clone(op.Options)
+	return op
+}
+
+func (r *batchRec) out() store.Batch {
+	b := r.b
+	b.Options = slices.Clone(b.Options)
+	b.Counts = maps.Clone(r.counts)
+	return b
+}
+
+// ---- listing helpers ----
+
+// paginate sorts items by ID and applies p.
+func paginate[T any](items []T, id func(T) string, p store.Page) []T {
+	cmpID := func(a, b T) int { return strings.Compare(id(a), id(b)) }
+	if !slices.IsSortedFunc(items, cmpID) { // indexes are mostly in ID order already
+		slices.SortFunc(items, cmpID)
+	}
+	if p.After != "" {
+		i, _ := slices.BinarySearchFunc(items, p.After, func(it T, after string) int {
+			if id(it) <= after {
+				return -1
+			}
+			return 1
+		})
+		items = items[i:]
+	}
+	if p.Limit > 0 && len(items) > p.Limit {
+		items = items[:p.Limit]
+	}
+	if items == nil {
+		items = []T{}
+	}
+	return items
+}
+
+func orgMatches(org string, includeShared bool, recordOrg string) bool {
+	return org == "" || recordOrg == org || (includeShared && recordOrg == "")
+}
+
+// ---- categories ----
+
+// CreateCategory implements store.Categories.
+func (s *Store) CreateCategory(ctx context.Context, c store.Category) (store.Category, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Category{}, err
+	}
+	if err := c.Validate(); err != nil {
+		return store.Category{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.ID == "" {
+		c.ID = store.NewID()
+	} else if _, ok := s.categories[c.ID]; ok {
+		return store.Category{}, fmt.Errorf("%w: category %q exists", store.ErrConflict, c.ID)
+	}
+	key := [2]string{c.Organization, c.Name}
+	if _, ok := s.categoryName[key]; ok {
+		return store.Category{}, fmt.Errorf("%w: category %q exists in organization %q", store.ErrConflict, c.Name, c.Organization)
+	}
+	t := now()
+	c.CreatedAt, c.UpdatedAt = t, t
+	s.categories[c.ID] = c
+	s.categoryName[key] = c.ID
+	return c, nil
+}
+
+// Category implements store.Categories.
+func (s *Store) Category(ctx context.Context, id string) (store.Category, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Category{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.categories[id]
+	if !ok {
+		return store.Category{}, notFound("category", id)
+	}
+	return c, nil
+}
+
+// ListCategories implements store.Categories.
+func (s *Store) ListCategories(ctx context.Context, f store.CategoryFilter) ([]store.Category, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []store.Category
+	for _, c := range s.categories {
+		if orgMatches(f.Organization, f.IncludeShared, c.Organization) && (f.Name == "" || c.Name == f.Name) {
+			out = append(out, c)
+		}
+	}
+	return paginate(out, func(c store.Category) string { return c.ID }, f.Page), nil
+}
+
+// ---- builds ----
+
+// CreateBuild implements store.Builds.
+func (s *Store) CreateBuild(ctx context.Context, b store.Build) (store.Build, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Build{}, err
+	}
+	if err := b.Validate(); err != nil {
+		return store.Build{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	c, ok := s.categories[b.CategoryID]
+	if !ok {
+		return store.Build{}, notFound("category", b.CategoryID)
+	}
+	b.Organization = c.Organization
+	if b.ID == "" {
+		b.ID = store.NewID()
+	} else if _, ok := s.builds[b.ID]; ok {
+		return store.Build{}, fmt.Errorf("%w: build %q exists", store.ErrConflict, b.ID)
+	}
+	vkey := [2]string{b.CategoryID, b.Version}
+	if _, ok := s.buildVersion[vkey]; ok {
+		return store.Build{}, fmt.Errorf("%w: category %q already has version %q", store.ErrConflict, b.CategoryID, b.Version)
+	}
+	okey := [2]string{b.Organization, b.OSIdentifier}
+	if b.OSIdentifier != "" {
+		if _, ok := s.buildOS[okey]; ok {
+			return store.Build{}, fmt.Errorf("%w: OS identifier %q is used by another build of organization %q",
+				store.ErrConflict, b.OSIdentifier, b.Organization)
+		}
+	}
+	t := now()
+	b.CreatedAt, b.UpdatedAt = t, t
+	s.builds[b.ID] = b
+	s.buildVersion[vkey] = b.ID
+	if b.OSIdentifier != "" {
+		s.buildOS[okey] = b.ID
+	}
+	return b, nil
+}
+
+// Build implements store.Builds.
+func (s *Store) Build(ctx context.Context, id string) (store.Build, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Build{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	b, ok := s.builds[id]
+	if !ok {
+		return store.Build{}, notFound("build", id)
+	}
+	return b, nil
+}
+
+// ListBuilds implements store.Builds.
+func (s *Store) ListBuilds(ctx context.Context, f store.BuildFilter) ([]store.Build, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []store.Build
+	for _, b := range s.builds {
+		if orgMatches(f.Organization, f.IncludeShared, b.Organization) &&
+			(f.CategoryID == "" || b.CategoryID == f.CategoryID) &&
+			(f.OSIdentifier == "" || b.OSIdentifier == f.OSIdentifier) {
+			out = append(out, b)
+		}
+	}
+	return paginate(out, func(b store.Build) string { return b.ID }, f.Page), nil
+}
+
+// ---- images ----
+
+// CreateImage implements store.Images.
+func (s *Store) CreateImage(ctx context.Context, im store.Image) (store.Image, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Image{}, err
+	}
+	if err := im.Validate(); err != nil {
+		return store.Image{}, err
+	}
+	im = cloneImage(im)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	b, ok := s.builds[im.BuildID]
+	if !ok {
+		return store.Image{}, notFound("build", im.BuildID)
+	}
+	im.Organization = b.Organization
+	if im.ID == "" {
+		im.ID = store.NewID()
+	} else if _, ok := s.images[im.ID]; ok {
+		return store.Image{}, fmt.Errorf("%w: image %q exists", store.ErrConflict, im.ID)
+	}
+	key := [2]string{im.BuildID, im.Type}
+	if _, ok := s.imageType[key]; ok {
+		return store.Image{}, fmt.Errorf("%w: build %q already has an image of type %q", store.ErrConflict, im.BuildID, im.Type)
+	}
+	im.CreatedAt = now()
+	s.images[im.ID] = im
+	s.imageType[key] = im.ID
+	return cloneImage(im), nil
+}
+
+// Image implements store.Images.
+func (s *Store) Image(ctx context.Context, id string) (store.Image, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Image{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	im, ok := s.images[id]
+	if !ok {
+		return store.Image{}, notFound("image", id)
+	}
+	return cloneImage(im), nil
+}
+
+// ListImages implements store.Images.
+func (s *Store) ListImages(ctx context.Context, f store.ImageFilter) ([]store.Image, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []store.Image
+	for _, im := range s.images {
+		if orgMatches(f.Organization, f.IncludeShared, im.Organization) &&
+			(f.BuildID == "" || im.BuildID == f.BuildID) &&
+			(f.Type == "" || im.Type == f.Type) {
+			out = append(out, cloneImage(im))
+		}
+	}
+	return paginate(out, func(im store.Image) string { return im.ID }, f.Page), nil
+}
+
+// ---- devices ----
+
+// PutDevice implements store.Devices.
+func (s *Store) PutDevice(ctx context.Context, d store.Device) (store.Device, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Device{}, err
+	}
+	if err := d.Validate(); err != nil {
+		return store.Device{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := now()
+	if old, ok := s.devices[d.ID]; ok {
+		if old.Organization != d.Organization {
+			if opID, busy := s.activeOp[d.ID]; busy {
+				return store.Device{}, fmt.Errorf("%w: device %q has operation %s in progress and cannot move from organization %q to %q",
+					store.ErrOrganizationMismatch, d.ID, opID, old.Organization, d.Organization)
+			}
+			if _, ok := s.firmware[d.ID]; ok {
+				return store.Device{}, fmt.Errorf("%w: device %q has a firmware record and cannot move from organization %q to %q",
+					store.ErrOrganizationMismatch, d.ID, old.Organization, d.Organization)
+			}
+		}
+		d.CreatedAt = old.CreatedAt
+	} else {
+		d.CreatedAt = t
+	}
+	d.UpdatedAt = t
+	s.devices[d.ID] = d
+	return d, nil
+}
+
+// Device implements store.Devices.
+func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Device{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	d, ok := s.devices[id]
+	if !ok {
+		return store.Device{}, notFound("device", id)
+	}
+	return d, nil
+}
+
+// ListDevices implements store.Devices.
+func (s *Store) ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []store.Device
+	for _, d := range s.devices {
+		if (f.Organization == "" || d.Organization == f.Organization) &&
+			(f.Group == "" || d.Group == f.Group) &&
+			(f.Location == "" || d.Location == f.Location) &&
+			(f.OSIdentifier == "" || d.OSIdentifier == f.OSIdentifier) {
+			out = append(out, d)
+		}
+	}
+	return paginate(out, func(d store.Device) string { return d.ID }, f.Page), nil
+}
+
+// ---- device firmware ----
+
+// PutDeviceFirmware implements store.DeviceFirmwares.
+func (s *Store) PutDeviceFirmware(ctx context.Context, df store.DeviceFirmware) (store.DeviceFirmware, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.DeviceFirmware{}, err
+	}
+	if err := df.Validate(); err != nil {
+		return store.DeviceFirmware{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d, ok := s.devices[df.DeviceID]
+	if !ok {
+		return store.DeviceFirmware{}, notFound("device", df.DeviceID)
+	}
+	im, ok := s.images[df.ImageID]
+	if !ok {
+		return store.DeviceFirmware{}, notFound("image", df.ImageID)
+	}
+	if !store.ImageFitsOrganization(im.Organization, d.Organization) {
+		return store.DeviceFirmware{}, fmt.Errorf("%w: image %s of organization %q, device %q of organization %q",
+			store.ErrOrganizationMismatch, im.ID, im.Organization, d.ID, d.Organization)
+	}
+	df.UpdatedAt = now()
+	s.firmware[df.DeviceID] = df
+	return df, nil
+}
+
+// DeviceFirmware implements store.DeviceFirmwares.
+func (s *Store) DeviceFirmware(ctx context.Context, deviceID string) (store.DeviceFirmware, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.DeviceFirmware{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	df, ok := s.firmware[deviceID]
+	if !ok {
+		return store.DeviceFirmware{}, notFound("device firmware", deviceID)
+	}
+	return df, nil
+}

@@ -1,0 +1,414 @@
+package memory
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// prepareOp checks a new operation against the store (held locked) and
+// returns the record to insert. batch is the batch it joins, or nil. busy and
+// ids hold the devices and IDs taken by operations prepared earlier in the
+// same CreateBatch call.
+func (s *Store) prepareOp(op store.Operation, batch *store.Batch, busy, ids map[string]bool, t time.Time) (store.Operation, error) {
+	d, ok := s.devices[op.DeviceID]
+	if !ok {
+		return op, notFound("device", op.DeviceID)
+	}
+	im, ok := s.images[op.ImageID]
+	if !ok {
+		return op, notFound("image", op.ImageID)
+	}
+	if !store.ImageFitsOrganization(im.Organization, d.Organization) {
+		return op, fmt.Errorf("%w: image %s of organization %q, device %q of organization %q",
+			store.ErrOrganizationMismatch, im.ID, im.Organization, d.ID, d.Organization)
+	}
+	if batch != nil {
+		if im.BuildID != batch.BuildID {
+			return op, &store.ValidationError{Record: "operation", Field: "ImageID",
+				Problem: fmt.Sprintf("image %s is of build %s, not of the batch's build %s", im.ID, im.BuildID, batch.BuildID)}
+		}
+		if batch.Organization != "" && d.Organization != batch.Organization {
+			return op, fmt.Errorf("%w: device %q of organization %q in a batch of organization %q",
+				store.ErrOrganizationMismatch, d.ID, d.Organization, batch.Organization)
+		}
+		op.BatchID = batch.ID
+	}
+	if id, ok := s.activeOp[d.ID]; ok {
+		return op, fmt.Errorf("%w: device %q has operation %s", store.ErrDeviceBusy, d.ID, id)
+	}
+	if busy[d.ID] {
+		return op, fmt.Errorf("%w: device %q appears twice in the batch", store.ErrDeviceBusy, d.ID)
+	}
+	if op.ID == "" {
+		op.ID = store.NewID()
+	} else if _, ok := s.ops[op.ID]; ok || ids[op.ID] {
+		return op, fmt.Errorf("%w: operation %q exists", store.ErrConflict, op.ID)
+	}
+	op.Organization = d.Organization
+	op.State = status.Pending
+	op.Options = slices.Clone(op.Options)
+	op.Version = 1
+	op.CreatedAt, op.UpdatedAt = t, t
+	op.StartedAt, op.FinishedAt = time.Time{}, time.Time{}
+	return op, nil
+}
+
+// insertOp stores a prepared operation (store held locked).
+func (s *Store) insertOp(op store.Operation) {
+	s.ops[op.ID] = &opRec{op: op}
+	s.deviceOps[op.DeviceID] = append(s.deviceOps[op.DeviceID], op.ID)
+	s.activeOp[op.DeviceID] = op.ID
+}
+
+// CreateOperation implements store.Operations. An operation with a BatchID
+// joins that existing batch, checked as by CreateBatch.
+func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Operation{}, err
+	}
+	if err := op.Validate(); err != nil {
+		return store.Operation{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var br *batchRec
+	if op.BatchID != "" {
+		var ok bool
+		if br, ok = s.batches[op.BatchID]; !ok {
+			return store.Operation{}, notFound("batch", op.BatchID)
+		}
+	}
+	var b *store.Batch
+	if br != nil {
+		b = &br.b
+	}
+	t := now()
+	op, err := s.prepareOp(op, b, nil, nil, t)
+	if err != nil {
+		return store.Operation{}, err
+	}
+	s.insertOp(op)
+	if br != nil {
+		br.ops = append(br.ops, op.ID)
+		s.count(br, "", op.State, t)
+	}
+	return cloneOp(op), nil
+}
+
+// count moves one operation of the batch from state from ("" = new) to
+// state to and recomputes the batch's state.
+func (s *Store) count(br *batchRec, from, to status.State, t time.Time) {
+	if from == to {
+		return
+	}
+	if from != "" {
+		if br.counts[from]--; br.counts[from] <= 0 {
+			delete(br.counts, from)
+		}
+	}
+	br.counts[to]++
+	if next := store.NextBatchState(br.b.State, br.counts); next != br.b.State {
+		br.b.State = next
+		br.b.UpdatedAt = t
+	}
+}
+
+// Operation implements store.Operations.
+func (s *Store) Operation(ctx context.Context, id string) (store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Operation{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return store.Operation{}, notFound("operation", id)
+	}
+	return cloneOp(r.op), nil
+}
+
+// ListOperations implements store.Operations. Filters on a batch or a
+// device use their indexes, so listing one batch does not scan every
+// operation.
+func (s *Store) ListOperations(ctx context.Context, f store.OperationFilter) ([]store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	match := func(op *store.Operation) bool {
+		if (f.Organization != "" && op.Organization != f.Organization) ||
+			(f.ImageID != "" && op.ImageID != f.ImageID) ||
+			(f.BatchID != "" && op.BatchID != f.BatchID) ||
+			(f.DeviceID != "" && op.DeviceID != f.DeviceID) ||
+			(len(f.States) > 0 && !slices.Contains(f.States, op.State)) {
+			return false
+		}
+		if f.BuildID != "" && s.images[op.ImageID].BuildID != f.BuildID {
+			return false
+		}
+		if f.Group != "" || f.Location != "" {
+			d := s.devices[op.DeviceID]
+			if (f.Group != "" && d.Group != f.Group) || (f.Location != "" && d.Location != f.Location) {
+				return false
+			}
+		}
+		return true
+	}
+	var recs []*opRec
+	add := func(r *opRec) {
+		if r != nil && match(&r.op) {
+			recs = append(recs, r)
+		}
+	}
+	switch {
+	case f.BatchID != "":
+		if br, ok := s.batches[f.BatchID]; ok {
+			for _, id := range br.ops {
+				add(s.ops[id])
+			}
+		}
+	case f.DeviceID != "":
+		for _, id := range s.deviceOps[f.DeviceID] {
+			add(s.ops[id])
+		}
+	default:
+		for _, r := range s.ops {
+			add(r)
+		}
+	}
+	recs = paginate(recs, func(r *opRec) string { return r.op.ID }, f.Page)
+	out := make([]store.Operation, len(recs))
+	for i, r := range recs {
+		out[i] = cloneOp(r.op)
+	}
+	return out, nil
+}
+
+// appendLogs appends lines to r's log (store held locked).
+func appendLogs(r *opRec, lines []string, t time.Time) {
+	for _, l := range lines {
+		r.logs = append(r.logs, store.LogEntry{
+			OperationID: r.op.ID,
+			Seq:         int64(len(r.logs)) + 1,
+			Time:        t,
+			Line:        store.TruncateLogLine(l),
+		})
+	}
+}
+
+// UpdateOperation implements store.Operations with store.ApplyUpdate.
+func (s *Store) UpdateOperation(ctx context.Context, id string, u store.OperationUpdate) (store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Operation{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return store.Operation{}, notFound("operation", id)
+	}
+	t := now()
+	next, err := store.ApplyUpdate(r.op, u, t)
+	if err != nil {
+		return store.Operation{}, err
+	}
+	prev := r.op.State
+	r.op = next
+	appendLogs(r, u.Log, t)
+	if next.State != prev {
+		if next.State.Terminal() && s.activeOp[next.DeviceID] == next.ID {
+			delete(s.activeOp, next.DeviceID)
+		}
+		if br := s.batches[next.BatchID]; br != nil {
+			s.count(br, prev, next.State, t)
+		}
+	}
+	return cloneOp(next), nil
+}
+
+// SetProgress implements store.Operations.
+func (s *Store) SetProgress(ctx context.Context, id string, percent int) error {
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return notFound("operation", id)
+	}
+	if err := store.CheckProgress(r.op, percent); err != nil {
+		return err
+	}
+	r.op.Progress = percent
+	r.op.Version++
+	r.op.UpdatedAt = now()
+	return nil
+}
+
+// AppendLog implements store.Operations.
+func (s *Store) AppendLog(ctx context.Context, id string, lines ...string) error {
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return notFound("operation", id)
+	}
+	appendLogs(r, lines, now())
+	return nil
+}
+
+// Logs implements store.Operations. A negative limit is ErrInvalid.
+func (s *Store) Logs(ctx context.Context, id string, afterSeq int64, limit int) ([]store.LogEntry, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if limit < 0 {
+		return nil, &store.ValidationError{Record: "log", Field: "Limit", Problem: fmt.Sprintf("is negative (%d)", limit)}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return nil, notFound("operation", id)
+	}
+	// Seq n is at index n-1.
+	start := min(max(afterSeq, 0), int64(len(r.logs)))
+	logs := r.logs[start:]
+	if limit > 0 && len(logs) > limit {
+		logs = logs[:limit]
+	}
+	return slices.Clone(logs[:len(logs):len(logs)]), nil
+}
+
+// ---- batches ----
+
+// CreateBatch implements store.Batches. A batch with an organization only
+// takes devices of that organization (ErrOrganizationMismatch). The batch
+// starts in b.State, idle when empty.
+func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Operation) (store.Batch, []store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Batch{}, nil, err
+	}
+	if err := b.Validate(); err != nil {
+		return store.Batch{}, nil, err
+	}
+	if len(ops) == 0 {
+		return store.Batch{}, nil, &store.ValidationError{Record: "batch", Field: "Operations", Problem: "a batch needs at least one operation"}
+	}
+	for _, op := range ops {
+		if err := op.Validate(); err != nil {
+			return store.Batch{}, nil, err
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	build, ok := s.builds[b.BuildID]
+	if !ok {
+		return store.Batch{}, nil, notFound("build", b.BuildID)
+	}
+	if !store.ImageFitsOrganization(build.Organization, b.Organization) {
+		return store.Batch{}, nil, fmt.Errorf("%w: build %s of organization %q in a batch of organization %q",
+			store.ErrOrganizationMismatch, build.ID, build.Organization, b.Organization)
+	}
+	if b.ID == "" {
+		b.ID = store.NewID()
+	} else if _, ok := s.batches[b.ID]; ok {
+		return store.Batch{}, nil, fmt.Errorf("%w: batch %q exists", store.ErrConflict, b.ID)
+	}
+	if b.State == "" {
+		b.State = status.BatchIdle
+	}
+	t := now()
+	b.Options = slices.Clone(b.Options)
+	b.Counts = nil
+	b.CreatedAt, b.UpdatedAt = t, t
+	prepared := make([]store.Operation, 0, len(ops))
+	busy := make(map[string]bool, len(ops))
+	ids := make(map[string]bool, len(ops))
+	for _, op := range ops {
+		p, err := s.prepareOp(op, &b, busy, ids, t)
+		if err != nil {
+			return store.Batch{}, nil, err
+		}
+		busy[p.DeviceID], ids[p.ID] = true, true
+		prepared = append(prepared, p)
+	}
+	br := &batchRec{b: b, counts: status.Counts{}, ops: make([]string, 0, len(prepared))}
+	out := make([]store.Operation, len(prepared))
+	for i, op := range prepared {
+		s.insertOp(op)
+		br.ops = append(br.ops, op.ID)
+		out[i] = cloneOp(op)
+	}
+	br.counts[status.Pending] = len(prepared)
+	s.batches[b.ID] = br
+	return br.out(), out, nil
+}
+
+// Batch implements store.Batches.
+func (s *Store) Batch(ctx context.Context, id string) (store.Batch, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Batch{}, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	br, ok := s.batches[id]
+	if !ok {
+		return store.Batch{}, notFound("batch", id)
+	}
+	return br.out(), nil
+}
+
+// ListBatches implements store.Batches.
+func (s *Store) ListBatches(ctx context.Context, f store.BatchFilter) ([]store.Batch, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := f.Page.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []store.Batch
+	for _, br := range s.batches {
+		b := &br.b
+		if (f.Organization == "" || b.Organization == f.Organization) &&
+			(f.BuildID == "" || b.BuildID == f.BuildID) &&
+			(len(f.States) == 0 || slices.Contains(f.States, b.State)) {
+			out = append(out, br.out())
+		}
+	}
+	return paginate(out, func(b store.Batch) string { return b.ID }, f.Page), nil
+}
+
+// SetBatchState implements store.Batches with store.CheckBatchStateChange.
+func (s *Store) SetBatchState(ctx context.Context, id string, from, to status.BatchState) (store.Batch, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Batch{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	br, ok := s.batches[id]
+	if !ok {
+		return store.Batch{}, notFound("batch", id)
+	}
+	if err := store.CheckBatchStateChange(br.b, from, to); err != nil {
+		return store.Batch{}, err
+	}
+	br.b.State = to
+	br.b.UpdatedAt = now()
+	return br.out(), nil
+}
