@@ -28,15 +28,14 @@ type Engine struct {
 	mu       sync.Mutex
 	started  bool
 	stopped  bool
-	queue    []string            // operation IDs ready to run
-	queued   map[string]bool     // IDs in queue or scheduled
+	queue    []string        // operation IDs ready to run
+	queued   map[string]bool // IDs in queue or scheduled
 	timers   map[string]*time.Timer
 	running  map[string]context.CancelCauseFunc // attempts in flight
 	wake     chan struct{}
 	workCtx  context.Context
 	workStop context.CancelCauseFunc
 	workers  sync.WaitGroup
-	inflight sync.WaitGroup // every attempt, synchronous ones included
 }
 
 // New returns an engine over s that picks upgraders from reg. cfg may be
@@ -102,11 +101,13 @@ func (e *Engine) Start(ctx context.Context) error {
 	return nil
 }
 
-// Stop stops taking new work and waits for the attempts in flight to end,
-// until ctx ends. Then it interrupts what is left: an interrupted attempt
+// Stop stops taking new work and waits for the workers' attempts in flight
+// to end, until ctx ends. Then it interrupts what is left: an interrupted attempt
 // before flashing is left waiting for a retry, one at or after flashing is
 // left for verification, both resumed by the next Start on the same store.
-// Stop ends every event subscription. Calling it again does nothing.
+// Synchronous Upgrade and Run calls are governed by their callers' contexts,
+// not by Stop. Stop ends every event subscription. Calling it again does
+// nothing.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	if e.stopped {
@@ -128,7 +129,6 @@ func (e *Engine) Stop(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		e.workers.Wait()
-		e.inflight.Wait()
 		close(done)
 	}()
 	var err error
@@ -136,14 +136,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		e.mu.Lock()
-		for _, cancel := range e.running {
-			cancel(errStopping)
-		}
-		e.mu.Unlock()
+		e.workStop(errStopping) // interrupts the workers' attempts
 		<-done
 	}
-	if e.workStop != nil {
+	if started {
 		e.workStop(errStopping)
 	}
 	e.events.closeAll()

@@ -20,9 +20,6 @@ const writeTimeout = 30 * time.Second
 // operation afterwards and, when it is waiting for a retry, when that retry
 // is due. err is only a store failure.
 func (e *Engine) step(ctx context.Context, id string) (store.Operation, time.Time, error) {
-	e.inflight.Add(1)
-	defer e.inflight.Done()
-
 	op, err := e.store.Operation(ctx, id)
 	if err != nil || op.State.Terminal() {
 		return op, time.Time{}, err
@@ -151,8 +148,8 @@ func (e *Engine) finish(ctx, actx context.Context, started store.Operation, u Up
 	case actx.Err() != nil && ctx.Err() == nil && errors.Is(cause, context.DeadlineExceeded):
 		op, err := e.timeout(wctx, op, job)
 		return op, time.Time{}, err
-	case actx.Err() != nil && ctx.Err() != nil:
-		return e.interrupted(wctx, op)
+	case errors.Is(cause, errStopping) || ctx.Err() != nil:
+		return e.interrupted(actx, op)
 	case kind == KindCancelled || errors.Is(cause, ErrCancelled):
 		if pastFlash {
 			return e.endWith(wctx, op, status.Failed, status.ReasonUpgraderError,
