@@ -38,7 +38,7 @@ const (
 func testMap(t testing.TB) *imagemap.Map {
 	t.Helper()
 	m, err := imagemap.New(map[string]imagemap.Entry{
-		testType:                             {Label: "Test board", Boards: []string{testModel}, BoardNames: []string{testBoard}},
+		testType:                              {Label: "Test board", Boards: []string{testModel}, BoardNames: []string{testBoard}},
 		"other-board-squashfs-sysupgrade.bin": {Label: "Other", Boards: []string{"Other Board"}, BoardNames: []string{"other,board"}},
 	})
 	require.NoError(t, err)

@@ -37,4 +37,3 @@ func fakeHarness(t *testing.T) upgradertest.Harness {
 func TestFakePassesSuite(t *testing.T) {
 	upgradertest.Run(t, fakeHarness)
 }
-
