@@ -1,0 +1,740 @@
+package devicesim
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"net"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+)
+
+// Defaults applied by New to zero Config fields.
+const (
+	DefaultModel            = "TP-Link Archer C7 v2"
+	DefaultBoardName        = "tplink,archer-c7-v2"
+	DefaultRelease          = "OpenWrt 22.03.5 r20134-5f15225c1e"
+	DefaultTarget           = "ath79/generic"
+	DefaultArch             = "mips_24kc"
+	DefaultUser             = "root"
+	DefaultPassword         = "devicesim"
+	DefaultMemTotal         = 128 << 20
+	DefaultMemAvailable     = 64 << 20
+	DefaultServiceMemory    = 1 << 20
+	DefaultOpkgListsMemory  = 2 << 20
+	DefaultDropCachesMemory = 1 << 20
+	DefaultLowMemory        = 1 << 20
+	DefaultRebootDelay      = 2 * time.Second
+)
+
+// DefaultServices are the init.d services of a device whose Config.Services
+// is nil. All of them run at boot.
+var DefaultServices = []string{
+	"dropbear", "network", "firewall", "openwisp-config", "uhttpd", "dnsmasq",
+	"cron", "rpcd", "log", "odhcpd", "sysntpd",
+}
+
+// DefaultCriticalServices are the services Faults.LowMemoryUntilServicesStopped
+// does not wait for when Config.CriticalServices is nil.
+var DefaultCriticalServices = []string{
+	"dropbear", "network", "firewall", "openwisp-config", "openwisp_config",
+	"boot", "system", "sysntpd", "sysfixtime", "urandom_seed", "done", "umount",
+}
+
+// Errors returned by the package.
+var (
+	// ErrClosed is returned by Start and the Wait methods once Close was called.
+	ErrClosed = errors.New("devicesim: device closed")
+	// ErrStarted is returned by Start when the device was already started.
+	ErrStarted = errors.New("devicesim: device already started")
+	// ErrInvalidConfig wraps every validation error returned by New.
+	ErrInvalidConfig = errors.New("devicesim: invalid config")
+)
+
+// Config describes a simulated device. The zero value is a valid TP-Link
+// Archer C7 v2 on OpenWrt 22.03.5 with user "root", password DefaultPassword.
+type Config struct {
+	// Model is the content of /tmp/sysinfo/model. Defaults to DefaultModel.
+	Model string
+	// BoardName is the content of /tmp/sysinfo/board_name. Defaults to
+	// DefaultBoardName.
+	BoardName string
+	// UUID is what `uci get openwisp.http.uuid` prints; "" means the option
+	// does not exist ("uci: Entry not found", exit 1).
+	UUID string
+	// UCI holds more uci options, keyed "config.section.option".
+	UCI map[string]string
+	// Release is DISTRIB_DESCRIPTION, e.g. "OpenWrt 22.03.5 r20134-5f15225c1e";
+	// /etc/openwrt_release is generated from it. Defaults to DefaultRelease.
+	Release string
+	// Target is DISTRIB_TARGET. Defaults to DefaultTarget.
+	Target string
+	// Arch is DISTRIB_ARCH. Defaults to DefaultArch.
+	Arch string
+	// MemTotal in bytes, reported in /proc/meminfo. Defaults to DefaultMemTotal.
+	MemTotal int64
+	// MemAvailable in bytes, reported in /proc/meminfo as kB before any
+	// memory is freed or used by files in /tmp. Defaults to DefaultMemAvailable.
+	MemAvailable int64
+	// NoMemAvailable simulates an old kernel: /proc/meminfo has MemFree,
+	// Buffers and Cached but no MemAvailable line.
+	NoMemAvailable bool
+	// ServiceMemory is the memory, in bytes, each stopped service frees.
+	// Defaults to DefaultServiceMemory.
+	ServiceMemory int64
+	// OpkgListsMemory is the memory freed by removing /tmp/opkg-lists.
+	// Defaults to DefaultOpkgListsMemory.
+	OpkgListsMemory int64
+	// DropCachesMemory is the memory freed by `echo 3 > /proc/sys/vm/drop_caches`.
+	// Defaults to DefaultDropCachesMemory.
+	DropCachesMemory int64
+	// Services are the init.d services present, all running at boot.
+	// Defaults to DefaultServices.
+	Services []string
+	// CriticalServices are never waited for by
+	// Faults.LowMemoryUntilServicesStopped. Defaults to DefaultCriticalServices.
+	CriticalServices []string
+	// HostKey is the SSH host key. nil generates an ed25519 key in New.
+	HostKey ssh.Signer
+	// User is the only accepted user name. Defaults to DefaultUser.
+	User string
+	// Password is accepted for User. When Password is "" and AuthorizedKeys
+	// is empty, Password defaults to DefaultPassword.
+	Password string
+	// AuthorizedKeys are the public keys accepted for User.
+	AuthorizedKeys []ssh.PublicKey
+	// SFTP offers the sftp subsystem (real OpenWrt usually does not).
+	SFTP bool
+	// SCP makes `scp` exist (dropbear's scp, sink side `scp -t`).
+	SCP bool
+	// RebootDelay is how long the device is down after a flash or a reboot.
+	// Defaults to DefaultRebootDelay.
+	RebootDelay time.Duration
+	// Files are extra initial files, keyed by absolute path. Files under /tmp
+	// are lost at the first reboot; the others survive reboots unless a
+	// flash runs with -n.
+	Files map[string][]byte
+	// Faults injects failures.
+	Faults Faults
+	// Addr is the first listen address. Defaults to "127.0.0.1:0".
+	Addr string
+}
+
+// Faults injects failures into a Device. The zero value injects none.
+// Counted faults are consumed as they fire; SetFaults resets them.
+type Faults struct {
+	// RefuseConnections closes the first N TCP connections before the SSH
+	// handshake.
+	RefuseConnections int
+	// DropUploadAfter, when > 0, cuts the connection once, after that many
+	// bytes of an upload (SFTP, SCP or cat) were received.
+	DropUploadAfter int64
+	// CorruptUploads flips one byte in each of the next N uploaded files, so
+	// their sha256sum differs from the sent data.
+	CorruptUploads int
+	// NeverComeBack keeps the device down forever after a flash.
+	NeverComeBack bool
+	// OldFirmwareAfterReboot reboots after a flash (new boot id) but keeps
+	// the old release.
+	OldFirmwareAfterReboot bool
+	// NoReboot makes sysupgrade print its messages and drop the SSH
+	// connections, but the device does not reboot: same boot id, same release.
+	NoReboot bool
+	// FlashHang makes the sysupgrade session send nothing for this long
+	// before the flash proceeds.
+	FlashHang time.Duration
+	// FlashFalseError makes sysupgrade print OpenWrt >= 21.02's false
+	// "Command failed: ubus call system sysupgrade ... (Connection failed)"
+	// and exit 1; the device then reboots on the new image anyway.
+	FlashFalseError bool
+	// FalseErrorProvisioning prints the OpenWrt 25.12 form of the false
+	// error, whose options carry "add_provisioning".
+	FalseErrorProvisioning bool
+	// FlashError makes sysupgrade fail for real: a message, exit 1, no reboot.
+	FlashError bool
+	// LowMemoryUntilServicesStopped reports DefaultLowMemory as MemAvailable
+	// until every non-critical service is stopped.
+	LowMemoryUntilServicesStopped bool
+	// ComeBackOnNewAddress makes the device listen on a new port after each
+	// reboot (Addr returns the new one).
+	ComeBackOnNewAddress bool
+}
+
+// Flash records one sysupgrade that reached the point of no return.
+type Flash struct {
+	// Args are sysupgrade's arguments, options and path.
+	Args []string
+	// Path is the image path on the device.
+	Path string
+	// KeepConfig is false when -n was given.
+	KeepConfig bool
+	// Force is true when -F was given.
+	Force bool
+	// Release is the release read from the image header ("" if unreadable).
+	Release string
+	// SHA256 is the hex digest of the flashed file.
+	SHA256 string
+}
+
+// Device is a simulated OpenWrt device. Its methods are safe for concurrent
+// use.
+type Device struct {
+	cfg    Config
+	signer ssh.Signer
+	sshCfg *ssh.ServerConfig
+	done   chan struct{} // closed by Close
+
+	mu      sync.Mutex
+	wg      sync.WaitGroup
+	started bool
+	closed  bool
+	up      bool
+	ln      net.Listener
+	addr    string
+	conns   map[*sconn]struct{}
+	timer   *time.Timer
+	changed chan struct{} // closed and replaced on every up/down change
+	faults  Faults
+	refused int
+	dropped bool
+
+	// operating system state
+	bootID     string
+	bootTime   time.Time
+	release    string
+	files      map[string]*file
+	dirs       map[string]bool
+	uci        map[string]string
+	stopped    map[string]bool
+	opkgGone   bool
+	dropCaches bool
+	wifiDown   bool
+	pending    *pendingBoot
+	commands   []string
+	executed   [][]string
+	flashes    []Flash
+	reboots    int
+}
+
+type pendingBoot struct {
+	release    string
+	keepConfig bool
+}
+
+// New validates cfg, applies defaults and returns a device that is not
+// listening yet. It starts no goroutine.
+func New(cfg Config) (*Device, error) {
+	if cfg.Model == "" {
+		cfg.Model = DefaultModel
+	}
+	if cfg.BoardName == "" {
+		cfg.BoardName = DefaultBoardName
+	}
+	if cfg.Release == "" {
+		cfg.Release = DefaultRelease
+	}
+	if cfg.Target == "" {
+		cfg.Target = DefaultTarget
+	}
+	if cfg.Arch == "" {
+		cfg.Arch = DefaultArch
+	}
+	if cfg.MemTotal == 0 {
+		cfg.MemTotal = DefaultMemTotal
+	}
+	if cfg.MemAvailable == 0 {
+		cfg.MemAvailable = DefaultMemAvailable
+	}
+	if cfg.ServiceMemory == 0 {
+		cfg.ServiceMemory = DefaultServiceMemory
+	}
+	if cfg.OpkgListsMemory == 0 {
+		cfg.OpkgListsMemory = DefaultOpkgListsMemory
+	}
+	if cfg.DropCachesMemory == 0 {
+		cfg.DropCachesMemory = DefaultDropCachesMemory
+	}
+	if cfg.Services == nil {
+		cfg.Services = DefaultServices
+	}
+	if cfg.CriticalServices == nil {
+		cfg.CriticalServices = DefaultCriticalServices
+	}
+	if cfg.User == "" {
+		cfg.User = DefaultUser
+	}
+	if cfg.Password == "" && len(cfg.AuthorizedKeys) == 0 {
+		cfg.Password = DefaultPassword
+	}
+	if cfg.RebootDelay == 0 {
+		cfg.RebootDelay = DefaultRebootDelay
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	switch {
+	case cfg.MemTotal < 0 || cfg.MemAvailable < 0 || cfg.ServiceMemory < 0 ||
+		cfg.OpkgListsMemory < 0 || cfg.DropCachesMemory < 0:
+		return nil, fmt.Errorf("%w: negative memory size", ErrInvalidConfig)
+	case cfg.MemAvailable > cfg.MemTotal:
+		return nil, fmt.Errorf("%w: MemAvailable %d > MemTotal %d", ErrInvalidConfig, cfg.MemAvailable, cfg.MemTotal)
+	case cfg.RebootDelay < 0:
+		return nil, fmt.Errorf("%w: negative RebootDelay", ErrInvalidConfig)
+	case strings.ContainsAny(cfg.Model+cfg.BoardName+cfg.Release, "\n\x00'"):
+		return nil, fmt.Errorf("%w: Model, BoardName and Release must not contain newlines or quotes", ErrInvalidConfig)
+	}
+	for _, s := range cfg.Services {
+		if s == "" || strings.ContainsAny(s, "/ \n\x00") {
+			return nil, fmt.Errorf("%w: bad service name %q", ErrInvalidConfig, s)
+		}
+	}
+	for p := range cfg.Files {
+		if !strings.HasPrefix(p, "/") || cleanPath(p) != p {
+			return nil, fmt.Errorf("%w: file path %q is not clean and absolute", ErrInvalidConfig, p)
+		}
+	}
+	if _, _, err := net.SplitHostPort(cfg.Addr); err != nil {
+		return nil, fmt.Errorf("%w: Addr: %v", ErrInvalidConfig, err)
+	}
+	signer := cfg.HostKey
+	if signer == nil {
+		_, priv, err := ed25519.GenerateKey(rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("devicesim: generate host key: %w", err)
+		}
+		if signer, err = ssh.NewSignerFromKey(priv); err != nil {
+			return nil, fmt.Errorf("devicesim: host key: %w", err)
+		}
+	}
+	d := &Device{
+		cfg:     cfg,
+		signer:  signer,
+		done:    make(chan struct{}),
+		changed: make(chan struct{}),
+		faults:  cfg.Faults,
+		release: cfg.Release,
+	}
+	d.sshCfg = d.serverConfig()
+	return d, nil
+}
+
+func (d *Device) serverConfig() *ssh.ServerConfig {
+	c := &ssh.ServerConfig{ServerVersion: "SSH-2.0-dropbear_2022.82"}
+	if d.cfg.Password != "" {
+		c.PasswordCallback = func(meta ssh.ConnMetadata, pw []byte) (*ssh.Permissions, error) {
+			if meta.User() == d.cfg.User && string(pw) == d.cfg.Password {
+				return nil, nil
+			}
+			return nil, errors.New("devicesim: bad password")
+		}
+	}
+	if len(d.cfg.AuthorizedKeys) > 0 {
+		c.PublicKeyCallback = func(meta ssh.ConnMetadata, key ssh.PublicKey) (*ssh.Permissions, error) {
+			if meta.User() == d.cfg.User {
+				b := key.Marshal()
+				for _, k := range d.cfg.AuthorizedKeys {
+					if string(k.Marshal()) == string(b) {
+						return nil, nil
+					}
+				}
+			}
+			return nil, errors.New("devicesim: key not authorized")
+		}
+	}
+	c.AddHostKey(d.signer)
+	return c
+}
+
+// Start listens on Config.Addr and serves SSH in one goroutine.
+func (d *Device) Start() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		return ErrClosed
+	}
+	if d.started {
+		return ErrStarted
+	}
+	ln, err := net.Listen("tcp", d.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("devicesim: listen: %w", err)
+	}
+	d.started = true
+	d.bootLocked()
+	d.serveLocked(ln)
+	return nil
+}
+
+// Close stops the device: the listener, every connection, every command in
+// progress and any pending reboot. It waits for all goroutines to end and
+// is idempotent.
+func (d *Device) Close() error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		d.wg.Wait()
+		return nil
+	}
+	d.closed = true
+	close(d.done)
+	if d.timer != nil && d.timer.Stop() {
+		d.wg.Done()
+	}
+	d.timer = nil
+	ln, conns := d.ln, d.takeConnsLocked()
+	d.ln = nil
+	d.up = false
+	d.notifyLocked()
+	d.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	for _, c := range conns {
+		c.kill()
+	}
+	d.wg.Wait()
+	return nil
+}
+
+// Addr returns the current listen address, "host:port".
+func (d *Device) Addr() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.addr
+}
+
+// HostKey returns the device's public host key.
+func (d *Device) HostKey() ssh.PublicKey { return d.signer.PublicKey() }
+
+// Signer returns the device's host key signer, to share it with other devices.
+func (d *Device) Signer() ssh.Signer { return d.signer }
+
+// KnownHosts returns a known_hosts line for the current address and host key,
+// in the "[127.0.0.1]:port" form, ending with a newline.
+func (d *Device) KnownHosts() []byte {
+	return []byte(knownhosts.Line([]string{knownhosts.Normalize(d.Addr())}, d.HostKey()) + "\n")
+}
+
+// HostKeyCallback returns an ssh.HostKeyCallback that accepts only this
+// device's host key.
+func (d *Device) HostKeyCallback() ssh.HostKeyCallback { return ssh.FixedHostKey(d.HostKey()) }
+
+// ClientConfig returns an ssh.ClientConfig that logs in with Config.User and
+// Config.Password and verifies the host key.
+func (d *Device) ClientConfig() *ssh.ClientConfig {
+	return &ssh.ClientConfig{
+		User:            d.cfg.User,
+		Auth:            []ssh.AuthMethod{ssh.Password(d.cfg.Password)},
+		HostKeyCallback: d.HostKeyCallback(),
+		Timeout:         10 * time.Second,
+	}
+}
+
+// Config returns the device's configuration after defaults were applied.
+func (d *Device) Config() Config { return d.cfg }
+
+// SetFaults replaces the faults injected from now on and resets the counted
+// ones.
+func (d *Device) SetFaults(f Faults) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.faults = f
+	d.refused = 0
+	d.dropped = false
+}
+
+// Up reports whether the device is listening.
+func (d *Device) Up() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.up
+}
+
+// WaitUp waits until the device is listening.
+func (d *Device) WaitUp(ctx context.Context) error {
+	return d.wait(ctx, func() bool { return d.up })
+}
+
+// WaitDown waits until the device is not listening (rebooting or closed).
+func (d *Device) WaitDown(ctx context.Context) error {
+	return d.wait(ctx, func() bool { return !d.up })
+}
+
+// WaitReboots waits until the device has rebooted at least n times since
+// Start and is listening again.
+func (d *Device) WaitReboots(ctx context.Context, n int) error {
+	return d.wait(ctx, func() bool { return d.reboots >= n && d.up })
+}
+
+func (d *Device) wait(ctx context.Context, cond func() bool) error {
+	for {
+		d.mu.Lock()
+		ok, closed, ch := cond(), d.closed, d.changed
+		d.mu.Unlock()
+		if ok {
+			return nil
+		}
+		if closed {
+			return ErrClosed
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Commands returns every exec command received since Start, in order and
+// across reboots, plus "subsystem:NAME" for subsystem requests and
+// "sftp:OP PATH" entries (put, get, remove, mkdir, rmdir, rename, setstat)
+// for SFTP operations.
+func (d *Device) Commands() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return slices.Clone(d.commands)
+}
+
+// Executed returns the argument vector of every simple command the
+// interpreter ran, in order. A quoted "x;reboot" stays one argument.
+func (d *Device) Executed() [][]string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([][]string, len(d.executed))
+	for i, a := range d.executed {
+		out[i] = slices.Clone(a)
+	}
+	return out
+}
+
+// BootID returns the current /proc/sys/kernel/random/boot_id.
+func (d *Device) BootID() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.bootID
+}
+
+// Release returns the running release (DISTRIB_DESCRIPTION).
+func (d *Device) Release() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.release
+}
+
+// Flashed returns how many sysupgrades reached the point of no return.
+func (d *Device) Flashed() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return len(d.flashes)
+}
+
+// Flashes returns every sysupgrade that reached the point of no return.
+func (d *Device) Flashes() []Flash {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	out := make([]Flash, len(d.flashes))
+	for i, f := range d.flashes {
+		f.Args = slices.Clone(f.Args)
+		out[i] = f
+	}
+	return out
+}
+
+// Reboots returns how many times the device came back up after a reboot.
+func (d *Device) Reboots() int {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.reboots
+}
+
+// Services reports, for each configured service, whether it is running.
+func (d *Device) Services() map[string]bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	m := make(map[string]bool, len(d.cfg.Services))
+	for _, s := range d.cfg.Services {
+		m[s] = !d.stopped[s]
+	}
+	return m
+}
+
+// MemAvailable returns the MemAvailable the device reports now, in bytes.
+func (d *Device) MemAvailable() int64 {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.memAvailableLocked()
+}
+
+// UCI returns the value of a uci option and whether it exists.
+func (d *Device) UCI(key string) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	v, ok := d.uci[key]
+	return v, ok
+}
+
+func (d *Device) record(cmd string) {
+	d.mu.Lock()
+	d.commands = append(d.commands, cmd)
+	d.mu.Unlock()
+}
+
+func (d *Device) notifyLocked() {
+	close(d.changed)
+	d.changed = make(chan struct{})
+}
+
+func (d *Device) takeConnsLocked() []*sconn {
+	out := make([]*sconn, 0, len(d.conns))
+	for c := range d.conns {
+		out = append(out, c)
+	}
+	return out
+}
+
+// serveLocked makes ln the listener and starts the accept goroutine.
+func (d *Device) serveLocked(ln net.Listener) {
+	d.ln = ln
+	d.addr = ln.Addr().String()
+	d.up = true
+	d.notifyLocked()
+	d.wg.Add(1)
+	go d.acceptLoop(ln)
+}
+
+// bootLocked sets the state of a fresh boot.
+func (d *Device) bootLocked() {
+	d.bootID = newBootID()
+	d.bootTime = time.Now()
+	if d.files == nil {
+		d.resetPersistentLocked(true)
+	}
+	d.stopped = nil
+	d.opkgGone = false
+	d.dropCaches = false
+	d.wifiDown = false
+}
+
+// resetPersistentLocked restores files and uci to the initial state; when
+// initial is false (a flash with -n) the openwisp registration is dropped.
+func (d *Device) resetPersistentLocked(initial bool) {
+	d.files = make(map[string]*file, len(d.cfg.Files))
+	d.dirs = nil
+	for p, b := range d.cfg.Files {
+		if !initial && strings.HasPrefix(p, "/etc/openwisp/") {
+			continue
+		}
+		d.files[p] = newFileFromBytes(b)
+		for dir := pathDir(p); dir != "/"; dir = pathDir(dir) {
+			d.mkdirLocked(dir)
+		}
+	}
+	d.uci = make(map[string]string, len(d.cfg.UCI)+1)
+	for k, v := range d.cfg.UCI {
+		if !initial && strings.HasPrefix(k, "openwisp.") {
+			continue
+		}
+		d.uci[k] = v
+	}
+	if initial && d.cfg.UUID != "" {
+		d.uci["openwisp.http.uuid"] = d.cfg.UUID
+	}
+}
+
+// goDown takes the device down for a reboot: the listener and every
+// connection are closed, and the device comes back after RebootDelay
+// unless comeBack is false.
+func (d *Device) goDown(p *pendingBoot, comeBack bool) {
+	d.mu.Lock()
+	if d.closed || !d.up {
+		d.mu.Unlock()
+		return
+	}
+	ln, conns := d.ln, d.takeConnsLocked()
+	d.ln = nil
+	d.up = false
+	d.pending = p
+	d.notifyLocked()
+	if comeBack {
+		d.scheduleUpLocked(d.cfg.RebootDelay)
+	}
+	d.mu.Unlock()
+	ln.Close()
+	for _, c := range conns {
+		c.kill()
+	}
+}
+
+// dropConns closes every connection without a reboot.
+func (d *Device) dropConns() {
+	d.mu.Lock()
+	conns := d.takeConnsLocked()
+	d.mu.Unlock()
+	for _, c := range conns {
+		c.kill()
+	}
+}
+
+func (d *Device) scheduleUpLocked(after time.Duration) {
+	d.wg.Add(1)
+	d.timer = time.AfterFunc(after, d.comeUp)
+}
+
+func (d *Device) comeUp() {
+	defer d.wg.Done()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.timer = nil
+	if d.closed || d.up {
+		return
+	}
+	addr := d.addr
+	if d.faults.ComeBackOnNewAddress {
+		host, _, _ := net.SplitHostPort(addr)
+		addr = net.JoinHostPort(host, "0")
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		// The port is still busy: try again shortly, as a slow boot would.
+		d.scheduleUpLocked(20 * time.Millisecond)
+		return
+	}
+	if p := d.pending; p != nil {
+		if p.release != "" {
+			d.release = p.release
+		}
+		if !p.keepConfig {
+			d.resetPersistentLocked(false)
+		}
+	}
+	d.pending = nil
+	// /tmp is a tmpfs: a reboot empties it.
+	for p := range d.files {
+		if strings.HasPrefix(p, "/tmp/") {
+			delete(d.files, p)
+		}
+	}
+	for p := range d.dirs {
+		if strings.HasPrefix(p, "/tmp/") {
+			delete(d.dirs, p)
+		}
+	}
+	d.bootLocked()
+	d.reboots++
+	d.serveLocked(ln)
+}
+
+func newBootID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

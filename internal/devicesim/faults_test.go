@@ -1,0 +1,183 @@
+package devicesim
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
+)
+
+func TestFaultRefuseConnections(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{RefuseConnections: 2}})
+	for range 2 {
+		_, err := dialErr(d, d.ClientConfig())
+		require.Error(t, err)
+	}
+	sh(t, d, "true")
+}
+
+func TestFaultDropUpload(t *testing.T) {
+	t.Parallel()
+	for _, m := range uploadMethods {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			const k = 100 << 10
+			d := setup(t, Config{SFTP: true, SCP: true, Faults: Faults{DropUploadAfter: k}})
+			im := testImage
+			im.Size = 1 << 20
+			c := dial(t, d)
+			require.Error(t, m.upload(c, "/tmp/fw.bin", im))
+			_, err := c.NewSession()
+			require.Error(t, err, "the connection was cut")
+			fi, ok := d.File("/tmp/fw.bin")
+			require.True(t, ok, "the partial file stays")
+			require.Equal(t, int64(k), fi.Size)
+			// Only once.
+			require.NoError(t, m.upload(dial(t, d), "/tmp/fw.bin", im))
+			fi, _ = d.File("/tmp/fw.bin")
+			require.Equal(t, im.SHA256(), fi.SHA256)
+		})
+	}
+}
+
+func TestFaultCorruptUploads(t *testing.T) {
+	t.Parallel()
+	for _, m := range uploadMethods {
+		t.Run(m.name, func(t *testing.T) {
+			t.Parallel()
+			d := setup(t, Config{SFTP: true, SCP: true, Faults: Faults{CorruptUploads: 2}})
+			c := dial(t, d)
+			for _, size := range []int64{1000, 300 << 10} {
+				im := testImage
+				im.Size = size
+				require.NoError(t, m.upload(c, "/tmp/fw.bin", im))
+				fi, _ := d.File("/tmp/fw.bin")
+				require.Equal(t, im.Len(), fi.Size)
+				require.NotEqual(t, im.SHA256(), fi.SHA256, "size %d", size)
+				require.Equal(t, fi.SHA256+"  /tmp/fw.bin\n", run(t, c, "sha256sum /tmp/fw.bin", nil).stdout)
+			}
+			// Corrupt uploads still pass the image test: the header is intact.
+			require.Equal(t, 0, run(t, c, "sysupgrade --test /tmp/fw.bin", nil).status)
+			require.NoError(t, m.upload(c, "/tmp/fw.bin", testImage))
+			fi, _ := d.File("/tmp/fw.bin")
+			require.Equal(t, testImage.SHA256(), fi.SHA256, "the third upload is intact")
+		})
+	}
+}
+
+// flash uploads testImage and runs sysupgrade, returning its result.
+func flash(t *testing.T, d *Device, opts string) result {
+	t.Helper()
+	c := uploadImage(t, d, testImage, "/tmp/fw.bin")
+	return run(t, c, "sysupgrade "+opts+" /tmp/fw.bin", nil)
+}
+
+func TestFaultNeverComeBack(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{RebootDelay: 50 * time.Millisecond, Faults: Faults{NeverComeBack: true}})
+	addr := d.Addr()
+	flash(t, d, "")
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	require.ErrorIs(t, d.WaitUp(ctx), context.DeadlineExceeded)
+	require.True(t, refused(addr))
+	require.Equal(t, 1, d.Flashed())
+}
+
+func TestFaultOldFirmwareAfterReboot(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{OldFirmwareAfterReboot: true}})
+	boot := d.BootID()
+	flash(t, d, "")
+	require.NoError(t, d.WaitReboots(waitCtx(t), 1))
+	require.NotEqual(t, boot, d.BootID())
+	require.Equal(t, DefaultRelease, d.Release())
+}
+
+func TestFaultNoReboot(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{NoReboot: true}})
+	boot := d.BootID()
+	r := flash(t, d, "-v")
+	require.Contains(t, r.stdout, "Commencing upgrade")
+	var missing *ssh.ExitMissingError
+	require.ErrorAs(t, r.err, &missing)
+	time.Sleep(200 * time.Millisecond)
+	require.True(t, d.Up())
+	require.Equal(t, boot, d.BootID())
+	require.Equal(t, DefaultRelease, d.Release())
+	require.Zero(t, d.Reboots())
+	sh(t, d, "true")
+}
+
+func TestFaultFlashHang(t *testing.T) {
+	t.Parallel()
+	const hang = 300 * time.Millisecond
+	d := setup(t, Config{Faults: Faults{FlashHang: hang}})
+	c := uploadImage(t, d, testImage, "/tmp/fw.bin")
+	s, err := c.NewSession()
+	require.NoError(t, err)
+	out, err := s.StdoutPipe()
+	require.NoError(t, err)
+	start := time.Now()
+	require.NoError(t, s.Start("sysupgrade /tmp/fw.bin"))
+	b := make([]byte, 1)
+	_, _ = out.Read(b)
+	require.GreaterOrEqual(t, time.Since(start), hang, "nothing is sent while hanging")
+	require.NoError(t, d.WaitReboots(waitCtx(t), 1))
+	require.Equal(t, testImage.Release, d.Release())
+}
+
+func TestFaultFlashFalseError(t *testing.T) {
+	t.Parallel()
+	for _, prov := range []bool{false, true} {
+		d := setup(t, Config{Faults: Faults{FlashFalseError: true, FalseErrorProvisioning: prov}})
+		r := flash(t, d, "-v")
+		require.NoError(t, r.err)
+		require.Equal(t, 1, r.status)
+		want := `Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1 } } (Connection failed)` + "\n"
+		if prov {
+			want = `Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1, "add_provisioning": 0 } } (Connection failed)` + "\n"
+		}
+		require.Equal(t, want, r.stderr)
+		require.NoError(t, d.WaitReboots(waitCtx(t), 1), "it reboots anyway")
+		require.Equal(t, testImage.Release, d.Release())
+	}
+}
+
+func TestFaultFlashError(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{FlashError: true}})
+	boot := d.BootID()
+	r := flash(t, d, "")
+	require.NoError(t, r.err)
+	require.Equal(t, 1, r.status)
+	require.Contains(t, r.stderr, "failed to write image")
+	require.Zero(t, d.Flashed())
+	time.Sleep(150 * time.Millisecond)
+	require.True(t, d.Up())
+	require.Equal(t, boot, d.BootID())
+}
+
+func TestFaultComeBackOnNewAddress(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{ComeBackOnNewAddress: true}})
+	old := d.Addr()
+	flash(t, d, "")
+	require.NoError(t, d.WaitReboots(waitCtx(t), 1))
+	require.NotEqual(t, old, d.Addr())
+	require.Contains(t, string(d.KnownHosts()), d.Addr()[len("127.0.0.1:"):])
+	sh(t, d, "true")
+}
+
+func TestSetFaults(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{})
+	d.SetFaults(Faults{RefuseConnections: 1})
+	_, err := dialErr(d, d.ClientConfig())
+	require.Error(t, err)
+	sh(t, d, "true")
+}

@@ -1,0 +1,249 @@
+package openwrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/crypto/ssh"
+	"golang.org/x/crypto/ssh/knownhosts"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/upgrader"
+)
+
+// maxCapture bounds the output kept from one command, in bytes.
+const maxCapture = 64 << 10
+
+// closeGrace is how long a command whose session was closed (timeout or
+// ctx) may take to return before the whole connection is closed.
+const closeGrace = 2 * time.Second
+
+// errHostKey marks errors returned by the host key check.
+var errHostKey = errors.New("openwrt: host key refused")
+
+// conn is one SSH connection to a device, closed when the context it was
+// dialled with ends.
+type conn struct {
+	client *ssh.Client
+	addr   string
+	stop   func() bool
+	once   sync.Once
+}
+
+func (c *conn) Close() error {
+	var err error
+	c.once.Do(func() {
+		c.stop()
+		err = c.client.Close()
+	})
+	return err
+}
+
+// withPort adds DefaultPort to an address without one.
+func withPort(addr string) string {
+	if _, _, err := net.SplitHostPort(addr); err == nil {
+		return addr
+	}
+	host := strings.TrimSuffix(strings.TrimPrefix(addr, "["), "]")
+	return net.JoinHostPort(host, DefaultPort)
+}
+
+// dial connects and logs in. Its errors are classified: host key refused or
+// no host key check → aborted (host-key-mismatch); anything else →
+// recoverable (connection-failed).
+func dial(ctx context.Context, creds Credentials, timeout time.Duration) (*conn, error) {
+	if creds.HostKeyCallback == nil {
+		return nil, upgrader.Aborted(status.ReasonHostKeyMismatch,
+			errors.New("openwrt: the credentials have no host key check (HostKeyCallback); refusing to connect"))
+	}
+	if creds.Address == "" {
+		return nil, upgrader.Recoverable(status.ReasonConnectionFailed, errors.New("openwrt: the credentials have no address"))
+	}
+	if creds.Password == "" && len(creds.Signers) == 0 {
+		return nil, upgrader.Aborted(status.ReasonConnectionFailed, errors.New("openwrt: the credentials have neither password nor key"))
+	}
+	addr := withPort(creds.Address)
+	var (
+		keyMu  sync.Mutex
+		keyErr error
+	)
+	cfg := &ssh.ClientConfig{
+		User: creds.User,
+		HostKeyCallback: func(hostname string, remote net.Addr, key ssh.PublicKey) error {
+			if err := creds.HostKeyCallback(hostname, remote, key); err != nil {
+				keyMu.Lock()
+				keyErr = err
+				keyMu.Unlock()
+				return fmt.Errorf("%w: %w", errHostKey, err)
+			}
+			return nil
+		},
+		HostKeyAlgorithms: creds.HostKeyAlgorithms,
+		Timeout:           timeout,
+	}
+	if len(creds.Signers) > 0 {
+		cfg.Auth = append(cfg.Auth, ssh.PublicKeys(creds.Signers...))
+	}
+	if pw := creds.Password; pw != "" {
+		cfg.Auth = append(cfg.Auth, ssh.Password(pw),
+			ssh.KeyboardInteractive(func(_, _ string, questions []string, _ []bool) ([]string, error) {
+				answers := make([]string, len(questions))
+				for i := range answers {
+					answers[i] = pw
+				}
+				return answers, nil
+			}))
+	}
+
+	d := net.Dialer{Timeout: timeout}
+	nc, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: connect to %s: %w", addr, err))
+	}
+	_ = nc.SetDeadline(time.Now().Add(timeout))
+	stopHandshake := context.AfterFunc(ctx, func() { nc.Close() })
+	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
+	if !stopHandshake() || err != nil {
+		nc.Close()
+		if err == nil {
+			sc.Close()
+			err = ctx.Err()
+		}
+		keyMu.Lock()
+		defer keyMu.Unlock()
+		return nil, classifyDialError(addr, err, keyErr)
+	}
+	_ = nc.SetDeadline(time.Time{})
+	client := ssh.NewClient(sc, chans, reqs)
+	c := &conn{client: client, addr: addr}
+	c.stop = context.AfterFunc(ctx, func() { client.Close() })
+	return c, nil
+}
+
+func classifyDialError(addr string, err, keyErr error) error {
+	if keyErr != nil || errors.Is(err, errHostKey) {
+		var ke *knownhosts.KeyError
+		if errors.As(keyErr, &ke) && len(ke.Want) == 0 {
+			return upgrader.Aborted(status.ReasonHostKeyMismatch,
+				fmt.Errorf("openwrt: %s is an unknown host: its host key is not in known_hosts; add it to trust the device: %w", addr, keyErr))
+		}
+		return upgrader.Aborted(status.ReasonHostKeyMismatch,
+			fmt.Errorf("openwrt: the host key of %s does not match the expected one (possible man-in-the-middle): %w", addr, keyErr))
+	}
+	return upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: ssh login to %s: %w", addr, err))
+}
+
+// capBuffer keeps the first max bytes written to it and counts the rest.
+type capBuffer struct {
+	mu      sync.Mutex
+	b       []byte
+	max     int
+	dropped int64
+}
+
+func (w *capBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	room := w.max - len(w.b)
+	if room > len(p) {
+		room = len(p)
+	}
+	if room > 0 {
+		w.b = append(w.b, p[:room]...)
+	}
+	w.dropped += int64(len(p) - room)
+	return len(p), nil
+}
+
+func (w *capBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return string(w.b)
+}
+
+// errSessionLost is returned by run when the session ended without an exit
+// status (the device dropped the connection).
+var errSessionLost = errors.New("openwrt: the session ended without an exit status")
+
+// errCommandTimeout is returned by run when its timeout passed.
+var errCommandTimeout = errors.New("openwrt: command timed out")
+
+// run runs cmd with stdin (may be nil) and returns its combined output. A
+// non-zero exit is a *CommandError; a timeout is errCommandTimeout; a
+// dropped session wraps errSessionLost; ctx ending returns ctx's error.
+func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string, stdin io.Reader) (string, error) {
+	s, err := c.client.NewSession()
+	if err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("%w: open session: %w", errSessionLost, err)
+	}
+	defer s.Close()
+	out := &capBuffer{max: maxCapture}
+	s.Stdout = out
+	s.Stderr = out
+	if stdin != nil {
+		s.Stdin = stdin
+	}
+	if err := s.Start(cmd); err != nil {
+		if ctx.Err() != nil {
+			return "", ctx.Err()
+		}
+		return "", fmt.Errorf("%w: start %s: %w", errSessionLost, cmd, err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- s.Wait() }()
+	var timer <-chan time.Time
+	if timeout > 0 {
+		t := time.NewTimer(timeout)
+		defer t.Stop()
+		timer = t.C
+	}
+	select {
+	case err = <-done:
+	case <-ctx.Done():
+		c.abandon(s, done)
+		return out.String(), ctx.Err()
+	case <-timer:
+		c.abandon(s, done)
+		return out.String(), fmt.Errorf("%w after %s: %s", errCommandTimeout, timeout, cmd)
+	}
+	output := out.String()
+	if err == nil {
+		return output, nil
+	}
+	var ee *ssh.ExitError
+	if errors.As(err, &ee) {
+		if ee.Signal() != "" && ee.ExitStatus() == 0 {
+			return output, fmt.Errorf("%w: %s killed by signal %s", errSessionLost, cmd, ee.Signal())
+		}
+		return output, &CommandError{Cmd: cmd, ExitStatus: ee.ExitStatus(), Output: truncateOutput(output, MaxErrorOutput)}
+	}
+	if ctx.Err() != nil {
+		return output, ctx.Err()
+	}
+	return output, fmt.Errorf("%w: %s: %w", errSessionLost, cmd, err)
+}
+
+// abandon closes a session that must stop and waits for its Wait to return;
+// if the device does not answer, the whole connection is closed.
+func (c *conn) abandon(s *ssh.Session, done <-chan error) {
+	_ = s.Signal(ssh.SIGKILL)
+	_ = s.Close()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-t.C:
+	}
+	_ = c.Close()
+	<-done
+}

@@ -1,0 +1,255 @@
+package openwrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/upgrader"
+)
+
+// isFalseFlashError recognises the non-zero exit OpenWrt >= 21.02 reports
+// although the flash goes on: sysupgrade hands over to procd with
+// "ubus call system sysupgrade" and procd drops the ubus connection when it
+// starts stage 2, so sysupgrade prints
+//
+//	Command failed: ubus call system sysupgrade { "prefix": ..., "command": "/lib/upgrade/do_stage2", ... } (Connection failed)
+//
+// (OpenWrt 25.12's options also carry "add_provisioning"). The output must
+// name both the ubus call and do_stage2.
+func isFalseFlashError(output string) bool {
+	return strings.Contains(output, "Command failed: ubus call system sysupgrade") &&
+		strings.Contains(output, "do_stage2")
+}
+
+// flashCommand is the sysupgrade command line: -v, the option flags in
+// their fixed order, the image path.
+func (a *attempt) flashCommand() string {
+	args := append([]string{a.cfg.UpgradeCommand, "-v"}, a.opts.Flags()...)
+	return command(append(args, a.remotePath)...)
+}
+
+// flash runs sysupgrade. The session dropping or timing out is expected.
+// A real non-zero exit is a failure: the device did not start flashing, so
+// the stopped services are started again and no reboot is waited for.
+func (a *attempt) flash(ctx context.Context) error {
+	a.progress(ctx, status.ProgressFlashing)
+	cmd := a.flashCommand()
+	a.logf(ctx, "Upgrade operation in progress: %s", cmd)
+	out, err := a.c.run(ctx, a.cfg.UpgradeTimeout, cmd, nil)
+	if s := strings.TrimSpace(out); s != "" {
+		a.logf(ctx, "%s", truncateOutput(s, MaxErrorOutput))
+	}
+	var ce *CommandError
+	switch {
+	case err == nil:
+		a.logf(ctx, "sysupgrade exited normally, the device is rebooting")
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case errors.Is(err, errCommandTimeout):
+		a.logf(ctx, "No answer from sysupgrade after %s: expected while the device flashes", a.cfg.UpgradeTimeout)
+	case errors.Is(err, errSessionLost):
+		a.logf(ctx, "SSH connection closed by the device: expected while it flashes")
+	case errors.As(err, &ce) && isFalseFlashError(ce.Output):
+		a.logf(ctx, "sysupgrade reported a false failure through ubus (OpenWrt >= 21.02): the flash goes on")
+	case errors.As(err, &ce):
+		a.logf(ctx, "sysupgrade failed (exit status %d)", ce.ExitStatus)
+		a.undo(ctx)
+		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: flash: %w", err))
+	default:
+		a.logf(ctx, "sysupgrade ended with %v: expected while the device flashes", err)
+	}
+	a.close()
+	return nil
+}
+
+// afterFlash waits for the device to come back, proves it rebooted on the
+// new firmware and records the image's checksum.
+func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
+	if err := a.job.Report.Phase(ctx, status.PhaseRebooting); err != nil {
+		a.log.Warn("openwrt: cannot record the rebooting phase", "error", err)
+	}
+	a.logf(ctx, "Waiting %s for the device to reboot before reconnecting", a.cfg.ReconnectDelay)
+	if err := sleep(ctx, a.cfg.ReconnectDelay); err != nil {
+		return err
+	}
+	var stale error // the device answered but is not proven upgraded yet
+	err := a.reconnect(ctx, func(ctx context.Context) (bool, error) {
+		bootID, err := a.readBootID(ctx)
+		if err != nil {
+			return false, err
+		}
+		if bootID == oldBootID {
+			a.logf(ctx, "The device has not rebooted yet (same boot id)")
+			stale = upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+				errors.New("openwrt: the device did not reboot after the flash (same boot id)"))
+			return false, nil
+		}
+		if want := a.job.Image.Build.OSIdentifier; strings.TrimSpace(want) != "" {
+			rel, err := a.readRelease(ctx)
+			if err != nil {
+				return false, err
+			}
+			if !releaseMatches(rel, want) {
+				a.logf(ctx, "The device rebooted on %q, not on %q", rel, want)
+				return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+					fmt.Errorf("openwrt: the device came back on %q instead of %q", rel, want))
+			}
+			a.logf(ctx, "The device runs %q", rel)
+		}
+		if err := a.writeChecksum(ctx); err != nil {
+			return false, err
+		}
+		return true, nil
+	})
+	if err != nil {
+		var ue *upgrader.Error
+		if errors.As(err, &ue) && ue.Reason == status.ReasonUnreachableAfterFlash && stale != nil {
+			return stale
+		}
+		return err
+	}
+	a.progress(ctx, status.ProgressDone)
+	a.logf(ctx, "Upgrade completed successfully")
+	return nil
+}
+
+// reconnect tries ReconnectMaxRetries times to connect, asking for the
+// credentials each time, and calls check on every connection it gets. check
+// returns done=true to stop (with its error as the result); done=false with
+// an error or not means "try again later". When every attempt failed the
+// result is failed, unreachable after flash.
+func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bool, error)) error {
+	var lastErr error
+	verifying := false
+	for i := 1; i <= a.cfg.ReconnectMaxRetries; i++ {
+		if i > 1 {
+			if err := sleep(ctx, a.cfg.ReconnectRetryDelay); err != nil {
+				return err
+			}
+		}
+		a.logf(ctx, "Trying to reconnect to the device (attempt %d of %d)", i, a.cfg.ReconnectMaxRetries)
+		c, err := a.connect(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			lastErr = inner(err)
+			a.logf(ctx, "Device not reachable yet: %v", lastErr)
+			continue
+		}
+		a.c = c
+		if !verifying {
+			verifying = true
+			if err := a.job.Report.Phase(ctx, status.PhaseVerifying); err != nil {
+				a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
+			}
+			a.progress(ctx, status.ProgressReconnected)
+		}
+		a.logf(ctx, "Connected to %s", c.addr)
+		if err := a.checkSameDevice(ctx); err != nil {
+			lastErr = err
+			a.close()
+			continue
+		}
+		done, err := check(ctx)
+		a.close()
+		if done {
+			return err
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		if err != nil {
+			lastErr = err
+			a.logf(ctx, "Verification interrupted: %v", err)
+		}
+	}
+	if lastErr == nil {
+		lastErr = errors.New("no attempt made")
+	}
+	return upgrader.Failed(status.ReasonUnreachableAfterFlash,
+		fmt.Errorf("openwrt: device %s not reachable after the flash (%d attempts): %w",
+			deviceLabel(a.job.Device), a.cfg.ReconnectMaxRetries, lastErr))
+}
+
+// checkSameDevice guards the reconnection against reaching another device
+// at the address: when the identity check is on and the device reports a
+// UUID, it must be the operation's. A device that lost its openwisp
+// configuration (flashed with -n) reports none and is accepted.
+func (a *attempt) checkSameDevice(ctx context.Context) error {
+	if a.cfg.SkipIdentityCheck {
+		return nil
+	}
+	got, err := a.readUUID(ctx)
+	var ce *CommandError
+	switch {
+	case errors.As(err, &ce) || (err == nil && got == ""):
+		a.logf(ctx, "The device reports no %s (configuration not kept?): identity not checked", uuidOption)
+		return nil
+	case err != nil:
+		return err
+	case normalizeUUID(got) != normalizeUUID(a.job.Device.ID):
+		a.logf(ctx, "Another device answers at this address (UUID %q)", got)
+		return fmt.Errorf("openwrt: another device (UUID %q) answers at the address", got)
+	}
+	return nil
+}
+
+// Verify proves, without flashing, whether an earlier flash of the job's
+// image succeeded: it connects (with the reconnection attempts), then
+// accepts the device when ChecksumFile holds the image's SHA-256, or when
+// the build has an OS identifier and the device's release matches it (the
+// checksum is then written). Otherwise it returns failed with
+// status.ReasonOldFirmwareAfterReboot, or status.ReasonUnreachableAfterFlash
+// when the device cannot be reached.
+func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
+	a, err := u.newAttempt(job)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	a.flashing = true // never clean up: nothing was prepared
+	if err := a.job.Report.Phase(ctx, status.PhaseVerifying); err != nil {
+		a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
+	}
+	a.logf(ctx, "Verifying the outcome of an earlier flash")
+	err = a.reconnect(ctx, func(ctx context.Context) (bool, error) {
+		sum, found, err := a.readChecksumFile(ctx)
+		if err != nil {
+			return false, err
+		}
+		want := strings.ToLower(job.Image.SHA256)
+		if found && sum == want {
+			a.logf(ctx, "The device runs the image (checksum in %s)", ChecksumFile)
+			return true, nil
+		}
+		osid := job.Image.Build.OSIdentifier
+		if strings.TrimSpace(osid) == "" {
+			return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+				errors.New("openwrt: the device has no record of the image and the build has no OS identifier to check"))
+		}
+		rel, err := a.readRelease(ctx)
+		if err != nil {
+			return false, err
+		}
+		if !releaseMatches(rel, osid) {
+			a.logf(ctx, "The device runs %q, not %q", rel, osid)
+			return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, osid))
+		}
+		a.logf(ctx, "The device runs %q", rel)
+		if err := a.writeChecksum(ctx); err != nil {
+			return false, err
+		}
+		return true, nil
+	})
+	if err != nil {
+		return err
+	}
+	a.progress(ctx, status.ProgressDone)
+	a.logf(ctx, "Upgrade verified")
+	return nil
+}

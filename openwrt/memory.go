@@ -1,0 +1,218 @@
+package openwrt
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/upgrader"
+)
+
+// parseMeminfo returns MemAvailable from /proc/meminfo in bytes, or MemFree
+// on kernels without MemAvailable (before 3.14).
+func parseMeminfo(s string) (int64, string, bool) {
+	var free int64 = -1
+	sc := bufio.NewScanner(strings.NewReader(s))
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(f[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		if len(f) >= 3 && strings.EqualFold(f[2], "kB") {
+			n *= 1024
+		}
+		switch f[0] {
+		case "MemAvailable:":
+			return n, "MemAvailable", true
+		case "MemFree:":
+			free = n
+		}
+	}
+	if free >= 0 {
+		return free, "MemFree", true
+	}
+	return 0, "", false
+}
+
+func (a *attempt) freeMemory(ctx context.Context) (int64, string, error) {
+	out, err := a.exec(ctx, command("cat", meminfoFile))
+	if err != nil {
+		return 0, "", err
+	}
+	n, field, ok := parseMeminfo(out)
+	if !ok {
+		return 0, "", fmt.Errorf("openwrt: neither MemAvailable nor MemFree in %s", meminfoFile)
+	}
+	return n, field, nil
+}
+
+func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// checkMemory frees what can be freed cheaply, then stops services if the
+// image still does not fit.
+func (a *attempt) checkMemory(ctx context.Context) error {
+	if _, err := a.exec(ctx, command("rm", "-rf", opkgListsDir)); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.logf(ctx, "Could not remove %s: %v", opkgListsDir, err)
+	}
+	if _, err := a.exec(ctx, command("sync")+" && "+redirect(command("echo", "3"), dropCachesFile)); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.logf(ctx, "Could not drop the caches: %v", err)
+	}
+	need := a.job.Image.Size + a.cfg.MemoryMargin
+	free, field, err := a.freeMemory(ctx)
+	var ce *CommandError
+	switch {
+	case errors.As(err, &ce) || (err != nil && !errors.Is(err, errSessionLost) && !errors.Is(err, errCommandTimeout) && ctx.Err() == nil):
+		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", err)
+		return nil
+	case err != nil:
+		return transportError(ctx, "read the free memory", err)
+	}
+	a.logf(ctx, "Free memory (%s): %s; needed: %s (image) + %s (margin)", field, mib(free), mib(a.job.Image.Size), mib(a.cfg.MemoryMargin))
+	if free >= need {
+		return nil
+	}
+	a.logf(ctx, "Not enough memory, stopping non critical services")
+	if err := a.stopServices(ctx); err != nil {
+		return err
+	}
+	if free, field, err = a.freeMemory(ctx); err != nil {
+		return transportError(ctx, "read the free memory", err)
+	}
+	a.logf(ctx, "Free memory after stopping services (%s): %s", field, mib(free))
+	if free < need {
+		a.logf(ctx, "There is still not enough memory to upload the image, aborting")
+		return upgrader.Aborted(status.ReasonInsufficientMemory,
+			fmt.Errorf("openwrt: the image needs %s (with margin) but the device has %s free after stopping services", mib(need), mib(free)))
+	}
+	return nil
+}
+
+func initScript(svc string) string { return "/etc/init.d/" + svc }
+
+// stopServices stops the configured services the device has, then the
+// wireless. Each one stopped is recorded, to be started again by cleanup.
+func (a *attempt) stopServices(ctx context.Context) error {
+	for _, svc := range a.cfg.Services {
+		_, err := a.exec(ctx, command(initScript(svc), "stop"))
+		var ce *CommandError
+		switch {
+		case err == nil:
+			a.stopped = append(a.stopped, svc)
+			a.logf(ctx, "Stopped service %s", svc)
+		case errors.As(err, &ce) && ce.ExitStatus == 127:
+			// Not installed.
+		case errors.As(err, &ce):
+			a.logf(ctx, "Could not stop service %s: %v", svc, err)
+			a.stopped = append(a.stopped, svc) // it may be half stopped: start it again later
+		default:
+			return transportError(ctx, "stop service "+svc, err)
+		}
+	}
+	_, err := a.exec(ctx, command("wifi", "down"))
+	var ce *CommandError
+	switch {
+	case err == nil:
+		a.wifiDown = true
+		a.logf(ctx, "Wireless brought down")
+	case errors.As(err, &ce):
+		a.logf(ctx, "Could not bring the wireless down: %v", err)
+	default:
+		return transportError(ctx, "wifi down", err)
+	}
+	return nil
+}
+
+// cleanupCommands are what undoes an attempt that stopped before flashing:
+// remove the uploaded image, start the stopped services, bring the wireless
+// up.
+func (a *attempt) cleanupCommands() []string {
+	var cmds []string
+	if a.uploaded {
+		cmds = append(cmds, command("rm", "-f", a.remotePath))
+	}
+	for _, svc := range a.stopped {
+		cmds = append(cmds, command(initScript(svc), "start"))
+	}
+	if a.wifiDown {
+		cmds = append(cmds, command("wifi", "up"))
+	}
+	return cmds
+}
+
+// cleanup runs when Upgrade returns. Unless the flash was decided, it
+// undoes what the attempt changed on the device, on the attempt's
+// connection or, when that one is gone (ctx ended, connection dropped), on
+// a new one made with a fresh short context.
+func (a *attempt) cleanup(ctx context.Context) {
+	if a.flashing {
+		return
+	}
+	a.undo(ctx)
+}
+
+// undo runs cleanupCommands and forgets what it undid.
+func (a *attempt) undo(ctx context.Context) {
+	cmds := a.cleanupCommands()
+	if len(cmds) == 0 {
+		return
+	}
+	cctx := ctx
+	if ctx.Err() != nil {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ConnectTimeout+2*a.cfg.CommandTimeout)
+		defer cancel()
+	}
+	c := a.c
+	if ctx.Err() != nil {
+		c = nil
+	}
+	for try := 0; try < 2; try++ {
+		if c == nil {
+			var err error
+			if c, err = a.connect(cctx); err != nil {
+				a.logf(ctx, "Cannot reconnect to start the stopped services again: %v", err)
+				a.log.Error("openwrt: services left stopped on the device", "services", a.stopped, "error", err)
+				return
+			}
+			defer c.Close()
+		}
+		done := 0
+		for _, cmd := range cmds {
+			_, err := c.run(cctx, a.cfg.CommandTimeout, cmd, nil)
+			var ce *CommandError
+			if err != nil && !errors.As(err, &ce) {
+				break // the connection is broken: try again on a new one
+			}
+			if err != nil {
+				a.logf(ctx, "Cleanup command failed: %v", err)
+			}
+			done++
+		}
+		if done == len(cmds) {
+			if len(a.stopped) > 0 || a.wifiDown {
+				a.logf(ctx, "Stopped services started again")
+			}
+			a.stopped, a.wifiDown, a.uploaded = nil, false, false
+			return
+		}
+		cmds = cmds[done:]
+		c = nil
+		_ = sleep(cctx, 100*time.Millisecond)
+	}
+	a.logf(ctx, "Could not start the stopped services again")
+}

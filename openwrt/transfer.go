@@ -1,0 +1,119 @@
+package openwrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/upgrader"
+)
+
+// methodOrder returns the upload methods to try for addr: the one that
+// worked last time first, then the configured order.
+func (u *Upgrader) methodOrder(addr string) []UploadMethod {
+	u.mu.Lock()
+	last, ok := u.methods[addr]
+	u.mu.Unlock()
+	if !ok {
+		return u.cfg.UploadMethods
+	}
+	out := []UploadMethod{last}
+	for _, m := range u.cfg.UploadMethods {
+		if m != last {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+func (u *Upgrader) rememberMethod(addr string, m UploadMethod) {
+	u.mu.Lock()
+	u.methods[addr] = m
+	u.mu.Unlock()
+}
+
+// upload sends the image to remotePath with the first method the device
+// offers, then checks its SHA-256 on the device.
+func (a *attempt) upload(ctx context.Context) error {
+	uctx := ctx
+	if a.cfg.UploadTimeout > 0 {
+		var cancel context.CancelFunc
+		uctx, cancel = context.WithTimeout(ctx, a.cfg.UploadTimeout)
+		defer cancel()
+	}
+	size := a.job.Image.Size
+	start := time.Now()
+	var tried []string
+	for _, m := range a.u.methodOrder(a.c.addr) {
+		sent, err := a.uploadWith(uctx, m, size)
+		if errors.Is(err, errUnavailable) {
+			a.logf(ctx, "Upload method %s not available on the device", m)
+			tried = append(tried, string(m))
+			continue
+		}
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			a.uploaded = true // a partial file may be there
+			a.logf(ctx, "Upload via %s failed after %d bytes: %v", m, sent, err)
+			return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: upload via %s to %s: %w", m, a.c.addr, err))
+		}
+		a.uploaded = true
+		a.u.rememberMethod(a.c.addr, m)
+		d := time.Since(start)
+		a.logf(ctx, "Image uploaded to %s via %s: %d bytes in %s (%.1f MiB/s)", a.remotePath, m, sent, d.Round(time.Millisecond),
+			float64(sent)/(1<<20)/max(d.Seconds(), 1e-9))
+		a.log.Info("openwrt: image uploaded", "method", string(m), "bytes", sent, "duration", d)
+		return a.verifyUpload(ctx)
+	}
+	return upgrader.Recoverable(status.ReasonUploadFailed,
+		fmt.Errorf("openwrt: no upload method available on %s (tried %s)", a.c.addr, strings.Join(tried, ", ")))
+}
+
+func (a *attempt) uploadWith(ctx context.Context, m UploadMethod, size int64) (int64, error) {
+	rc, err := a.job.Image.Open(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("openwrt: open the image: %w", err)
+	}
+	defer rc.Close()
+	th := &throttle{every: progressEvery, pct: status.ProgressChecksum, fn: func(pct int) { a.progress(ctx, pct) }}
+	pr := &progressReader{r: rc, report: func(sent int64) {
+		th.update(status.UploadProgress(sent, size), sent >= size)
+	}}
+	if err := a.c.uploadVia(ctx, m, pr, size, a.remotePath); err != nil {
+		return pr.n, err
+	}
+	if pr.n != size {
+		return pr.n, fmt.Errorf("openwrt: sent %d bytes, the image has %d", pr.n, size)
+	}
+	return pr.n, nil
+}
+
+// verifyUpload compares the SHA-256 of the uploaded file with the image's.
+func (a *attempt) verifyUpload(ctx context.Context) error {
+	out, err := a.exec(ctx, command("sha256sum", a.remotePath))
+	var ce *CommandError
+	switch {
+	case errors.As(err, &ce):
+		a.logf(ctx, "Cannot checksum the uploaded file: %s", ce.Output)
+		return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: checksum the uploaded file: %w", err))
+	case err != nil:
+		return transportError(ctx, "checksum the uploaded file", err)
+	}
+	got := ""
+	if f := strings.Fields(out); len(f) > 0 {
+		got = strings.ToLower(strings.TrimPrefix(f[0], `\`))
+	}
+	want := strings.ToLower(a.job.Image.SHA256)
+	if got != want {
+		a.logf(ctx, "Uploaded file is corrupt: SHA-256 %s on the device, %s expected", got, want)
+		return upgrader.Recoverable(status.ReasonUploadCorrupt,
+			fmt.Errorf("openwrt: the uploaded file's SHA-256 is %q, expected %s", got, want))
+	}
+	a.logf(ctx, "Uploaded file verified (SHA-256 %s)", want)
+	return nil
+}

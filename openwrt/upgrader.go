@@ -1,0 +1,497 @@
+package openwrt
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/status"
+	"github.com/fwupgrader/fwupgrader/store"
+	"github.com/fwupgrader/fwupgrader/upgrader"
+)
+
+// Paths and files on the device.
+const (
+	// ChecksumFile holds the SHA-256 of the last image flashed by an
+	// openwisp-compatible upgrader; it is written after a proven upgrade and
+	// read to skip an image already installed.
+	ChecksumFile = "/etc/openwisp/firmware_checksum"
+	// ConfigChecksumFile is openwisp-config's checksum of the last
+	// configuration applied; it is removed before flashing so the device
+	// downloads its configuration again after the upgrade.
+	ConfigChecksumFile = "/etc/openwisp/checksum"
+	checksumDir        = "/etc/openwisp"
+	bootIDFile         = "/proc/sys/kernel/random/boot_id"
+	releaseFile        = "/etc/openwrt_release"
+	meminfoFile        = "/proc/meminfo"
+	opkgListsDir       = "/tmp/opkg-lists"
+	dropCachesFile     = "/proc/sys/vm/drop_caches"
+	uuidOption         = "openwisp.http.uuid"
+)
+
+// progressEvery is the minimum interval between two upload progress reports.
+const progressEvery = 250 * time.Millisecond
+
+// Upgrader upgrades OpenWrt devices over SSH. It implements
+// upgrader.Upgrader and upgrader.Verifier and is safe for concurrent use by
+// many operations.
+type Upgrader struct {
+	cfg Config
+
+	mu      sync.Mutex
+	methods map[string]UploadMethod // upload method that worked, per address
+}
+
+var (
+	_ upgrader.Upgrader = (*Upgrader)(nil)
+	_ upgrader.Verifier = (*Upgrader)(nil)
+)
+
+// New returns an Upgrader. cfg.CredentialsFunc is required; the other
+// fields have defaults. New starts no goroutine.
+func New(cfg *Config) (*Upgrader, error) {
+	c, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &Upgrader{cfg: c, methods: map[string]UploadMethod{}}, nil
+}
+
+// attempt is the state of one Upgrade or Verify call.
+type attempt struct {
+	u          *Upgrader
+	cfg        *Config
+	job        *upgrader.Job
+	opts       Options
+	log        *slog.Logger
+	c          *conn
+	remotePath string
+
+	stopped  []string // services this attempt stopped
+	wifiDown bool     // this attempt ran "wifi down"
+	uploaded bool     // the image may be on the device at remotePath
+	flashing bool     // the flash was decided: never clean up after it
+}
+
+func (u *Upgrader) newAttempt(job *upgrader.Job) (*attempt, error) {
+	a := &attempt{u: u, cfg: &u.cfg, job: job}
+	a.log = u.cfg.Logger.With(
+		slog.String("operation", job.Operation.ID),
+		slog.String("device", job.Device.ID),
+		slog.String("image", job.Image.ID),
+	)
+	if job.Report == nil {
+		return nil, upgrader.Aborted(status.ReasonUpgraderError, errors.New("openwrt: the job has no reporter"))
+	}
+	if !isSHA256(job.Image.SHA256) {
+		return nil, upgrader.Aborted(status.ReasonUpgraderError,
+			fmt.Errorf("openwrt: image %s has no valid SHA-256 (%q)", job.Image.ID, job.Image.SHA256))
+	}
+	return a, nil
+}
+
+func isSHA256(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return false
+		}
+	}
+	return true
+}
+
+// defaultRemotePath is DefaultRemoteDir + "/" + the base name of the image.
+func defaultRemotePath(im upgrader.Image) string {
+	name := im.Name
+	if i := strings.LastIndexAny(name, `/\`); i >= 0 {
+		name = name[i+1:]
+	}
+	if name == "" || name == "." || name == ".." {
+		name = strings.ToLower(im.SHA256) + ".bin"
+	}
+	return DefaultRemoteDir + "/" + name
+}
+
+// logf appends a line to the operation's log and to the slog logger.
+func (a *attempt) logf(ctx context.Context, format string, args ...any) {
+	line := fmt.Sprintf(format, args...)
+	a.log.Debug(line)
+	if err := a.job.Report.Log(context.WithoutCancel(ctx), line); err != nil {
+		a.log.Warn("openwrt: cannot append to the operation log", slog.Any("error", err))
+	}
+}
+
+func (a *attempt) progress(ctx context.Context, pct int) {
+	if err := a.job.Report.Progress(context.WithoutCancel(ctx), pct); err != nil {
+		a.log.Warn("openwrt: cannot report progress", slog.Int("progress", pct), slog.Any("error", err))
+	}
+}
+
+// step enters phase p: a cancel checkpoint, then the compare-and-set move.
+func (a *attempt) step(ctx context.Context, p status.Phase) error {
+	if err := a.job.Report.Cancelled(ctx); err != nil {
+		return err
+	}
+	return a.job.Report.Phase(ctx, p)
+}
+
+// credentials asks the host for the device's credentials.
+func (a *attempt) credentials(ctx context.Context) (Credentials, error) {
+	creds, err := a.cfg.CredentialsFunc(ctx, a.job.Device)
+	if err != nil {
+		var ue *upgrader.Error
+		if errors.As(err, &ue) || errors.Is(err, upgrader.ErrCancelled) || ctx.Err() != nil {
+			return creds, err
+		}
+		return creds, upgrader.Recoverable(status.ReasonConnectionFailed,
+			fmt.Errorf("openwrt: credentials of device %s: %w", a.job.Device.ID, err))
+	}
+	return creds, nil
+}
+
+func (a *attempt) connect(ctx context.Context) (*conn, error) {
+	creds, err := a.credentials(ctx)
+	if err != nil {
+		return nil, err
+	}
+	c, err := dial(ctx, creds, a.cfg.ConnectTimeout)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// exec runs a command with CommandTimeout on the attempt's connection.
+func (a *attempt) exec(ctx context.Context, cmd string) (string, error) {
+	return a.c.run(ctx, a.cfg.CommandTimeout, cmd, nil)
+}
+
+// transportError classifies an error of a command that did not run to an
+// exit status (before flashing): ctx's own error passes through, anything
+// else is a recoverable connection failure.
+func transportError(ctx context.Context, what string, err error) error {
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	var ue *upgrader.Error
+	if errors.As(err, &ue) {
+		return err
+	}
+	return upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: %s: %w", what, err))
+}
+
+func (a *attempt) close() {
+	if a.c != nil {
+		a.c.Close()
+		a.c = nil
+	}
+}
+
+// Upgrade runs one attempt of the operation: connect, identity, checksum,
+// memory, upload, image test, flash, reconnect and verify. See the package
+// documentation for each step and its failures.
+func (u *Upgrader) Upgrade(ctx context.Context, job *upgrader.Job) error {
+	a, err := u.newAttempt(job)
+	if err != nil {
+		return err
+	}
+	defer a.close()
+	defer a.cleanup(ctx)
+	return a.upgrade(ctx)
+}
+
+func (a *attempt) upgrade(ctx context.Context) error {
+	job := a.job
+	opts, err := ParseOptions(job.Operation.Options)
+	if err != nil {
+		return upgrader.Aborted(status.ReasonUpgraderError, err)
+	}
+	a.opts = opts
+	a.remotePath = defaultRemotePath(job.Image)
+	if a.cfg.RemotePathFunc != nil {
+		a.remotePath = a.cfg.RemotePathFunc(job.Image)
+	}
+	if !strings.HasPrefix(a.remotePath, "/") {
+		return upgrader.Aborted(status.ReasonUpgraderError,
+			fmt.Errorf("openwrt: the remote path %q is not absolute", a.remotePath))
+	}
+
+	// 1. Connect.
+	if err := a.step(ctx, status.PhaseConnecting); err != nil {
+		return err
+	}
+	c, err := a.connect(ctx)
+	if err != nil {
+		a.logf(ctx, "Connection failed: %v", err)
+		return err
+	}
+	a.c = c
+	a.logf(ctx, "Connected to %s", c.addr)
+	a.progress(ctx, status.ProgressConnected)
+
+	// 2. Identity.
+	if err := a.step(ctx, status.PhaseIdentity); err != nil {
+		return err
+	}
+	if err := a.checkIdentity(ctx); err != nil {
+		return err
+	}
+	a.progress(ctx, status.ProgressIdentity)
+
+	// 3. Checksum.
+	if err := a.step(ctx, status.PhaseChecksum); err != nil {
+		return err
+	}
+	if err := a.checkChecksum(ctx); err != nil {
+		return err
+	}
+	a.progress(ctx, status.ProgressChecksum)
+
+	// 4. Memory.
+	if err := a.step(ctx, status.PhaseMemory); err != nil {
+		return err
+	}
+	if err := a.checkMemory(ctx); err != nil {
+		return err
+	}
+
+	// 5. Upload.
+	if err := a.step(ctx, status.PhaseUpload); err != nil {
+		return err
+	}
+	if err := a.upload(ctx); err != nil {
+		return err
+	}
+	a.progress(ctx, status.ProgressUploaded)
+
+	// 6. Image test.
+	if err := a.step(ctx, status.PhaseImageTest); err != nil {
+		return err
+	}
+	if err := a.testImage(ctx); err != nil {
+		return err
+	}
+
+	// 7. Flash.
+	bootID, err := a.readBootID(ctx)
+	if err != nil {
+		return transportError(ctx, "read the boot id", err)
+	}
+	if _, err := a.exec(ctx, command("rm", "-f", ConfigChecksumFile)); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, err)
+	}
+	if err := a.job.Report.Cancelled(ctx); err != nil {
+		return err
+	}
+	if err := a.job.Report.Phase(ctx, status.PhaseFlashing); err != nil {
+		// A cancel won the compare-and-set (or the store failed): never
+		// flash after a failed Phase call.
+		return err
+	}
+	a.flashing = true
+	if err := a.flash(ctx); err != nil {
+		return err
+	}
+
+	// 8. Reboot, reconnect, verify.
+	return a.afterFlash(ctx, bootID)
+}
+
+func normalizeUUID(s string) string {
+	return strings.ToLower(strings.ReplaceAll(strings.TrimSpace(s), "-", ""))
+}
+
+// readUUID returns the device's openwisp UUID.
+func (a *attempt) readUUID(ctx context.Context) (string, error) {
+	out, err := a.exec(ctx, command("uci", "get", uuidOption))
+	if err != nil {
+		return "", err
+	}
+	return strings.TrimSpace(out), nil
+}
+
+func (a *attempt) checkIdentity(ctx context.Context) error {
+	if a.cfg.SkipIdentityCheck {
+		a.logf(ctx, "Identity check skipped")
+		return nil
+	}
+	got, err := a.readUUID(ctx)
+	var ce *CommandError
+	switch {
+	case errors.As(err, &ce):
+		a.logf(ctx, "Cannot read the device's identity (%s): %s", uuidOption, ce.Output)
+		return upgrader.Aborted(status.ReasonIdentityMismatch,
+			fmt.Errorf("openwrt: cannot read %s on the device: %w", uuidOption, err))
+	case err != nil:
+		return transportError(ctx, "read the device's identity", err)
+	case got == "":
+		a.logf(ctx, "The device has an empty %s", uuidOption)
+		return upgrader.Aborted(status.ReasonIdentityMismatch, fmt.Errorf("openwrt: %s is empty on the device", uuidOption))
+	case normalizeUUID(got) != normalizeUUID(a.job.Device.ID):
+		a.logf(ctx, "Identity mismatch: the device reports %s %q, the operation is for %q", uuidOption, got, a.job.Device.ID)
+		return upgrader.Aborted(status.ReasonIdentityMismatch,
+			fmt.Errorf("openwrt: the device at %s reports UUID %q, expected %q", a.c.addr, got, a.job.Device.ID))
+	}
+	a.logf(ctx, "Identity verified: %s", got)
+	return nil
+}
+
+// readChecksumFile returns the content of ChecksumFile, "" when missing.
+func (a *attempt) readChecksumFile(ctx context.Context) (string, bool, error) {
+	out, err := a.exec(ctx, command("cat", ChecksumFile))
+	var ce *CommandError
+	if errors.As(err, &ce) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, err
+	}
+	return strings.ToLower(strings.TrimSpace(out)), true, nil
+}
+
+func (a *attempt) checkChecksum(ctx context.Context) error {
+	sum, found, err := a.readChecksumFile(ctx)
+	if err != nil {
+		return transportError(ctx, "read "+ChecksumFile, err)
+	}
+	want := strings.ToLower(a.job.Image.SHA256)
+	switch {
+	case !found:
+		a.logf(ctx, "Image checksum file not found, proceeding with the upload of the new image")
+	case sum == want:
+		a.logf(ctx, "Firmware already upgraded previously: identical checksum found in %s, upgrade not needed", ChecksumFile)
+		return upgrader.NotNeeded(status.ReasonAlreadyInstalled,
+			fmt.Errorf("openwrt: the device already runs image %s (checksum in %s)", want, ChecksumFile))
+	default:
+		a.logf(ctx, "Checksum different, proceeding with the upload of the new image")
+	}
+	return nil
+}
+
+func (a *attempt) readBootID(ctx context.Context) (string, error) {
+	out, err := a.exec(ctx, command("cat", bootIDFile))
+	if err != nil {
+		return "", err
+	}
+	id := strings.TrimSpace(out)
+	if id == "" {
+		return "", fmt.Errorf("openwrt: %s is empty", bootIDFile)
+	}
+	return id, nil
+}
+
+// readRelease returns DISTRIB_DESCRIPTION of /etc/openwrt_release, trimmed
+// and unquoted.
+func (a *attempt) readRelease(ctx context.Context) (string, error) {
+	out, err := a.exec(ctx, command("cat", releaseFile))
+	if err != nil {
+		return "", err
+	}
+	rel, ok := parseRelease(out)
+	if !ok {
+		return "", fmt.Errorf("openwrt: no DISTRIB_DESCRIPTION in %s", releaseFile)
+	}
+	return rel, nil
+}
+
+func parseRelease(s string) (string, bool) {
+	for _, line := range strings.Split(s, "\n") {
+		line = strings.TrimSpace(line)
+		v, ok := strings.CutPrefix(line, "DISTRIB_DESCRIPTION=")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(v)
+		if len(v) >= 2 && (v[0] == '\'' || v[0] == '"') && v[len(v)-1] == v[0] {
+			v = v[1 : len(v)-1]
+		}
+		return strings.TrimSpace(v), true
+	}
+	return "", false
+}
+
+// releaseMatches reports whether the device's release is the build's OS
+// identifier: both trimmed, compared exactly.
+func releaseMatches(got, want string) bool {
+	return strings.TrimSpace(got) == strings.TrimSpace(want)
+}
+
+func (a *attempt) testImage(ctx context.Context) error {
+	args := []string{a.cfg.UpgradeCommand, "--test"}
+	if a.opts.Force {
+		args = append(args, "-F")
+	}
+	args = append(args, a.remotePath)
+	out, err := a.exec(ctx, command(args...))
+	var ce *CommandError
+	switch {
+	case errors.As(err, &ce):
+		a.logf(ctx, "Image test failed (exit status %d):\n%s", ce.ExitStatus, ce.Output)
+		return upgrader.Aborted(status.ReasonImageInvalid, fmt.Errorf("openwrt: the device refused the image: %w", err))
+	case err != nil:
+		return transportError(ctx, "test the image", err)
+	}
+	if out = strings.TrimSpace(out); out != "" {
+		a.logf(ctx, "%s", truncateOutput(out, MaxErrorOutput))
+	}
+	a.logf(ctx, "Sysupgrade test passed successfully, proceeding with the upgrade operation")
+	return nil
+}
+
+// writeChecksum records the image's SHA-256 in ChecksumFile.
+func (a *attempt) writeChecksum(ctx context.Context) error {
+	if _, err := a.exec(ctx, command("mkdir", "-p", checksumDir)); err != nil {
+		return err
+	}
+	sum := strings.ToLower(a.job.Image.SHA256)
+	if _, err := a.exec(ctx, redirect(command("echo", sum), ChecksumFile)); err != nil {
+		return err
+	}
+	a.logf(ctx, "Checksum written to %s", ChecksumFile)
+	return nil
+}
+
+// inner returns the cause of a classified error, to re-classify it.
+func inner(err error) error {
+	var ue *upgrader.Error
+	if errors.As(err, &ue) && ue.Err != nil {
+		return ue.Err
+	}
+	return err
+}
+
+// sleep waits d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// deviceLabel names the device in messages.
+func deviceLabel(d store.Device) string {
+	if d.Name != "" {
+		return d.Name + " (" + d.ID + ")"
+	}
+	return d.ID
+}

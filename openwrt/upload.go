@@ -1,0 +1,179 @@
+package openwrt
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pkg/sftp"
+)
+
+// errUnavailable marks an upload method the device does not offer; the next
+// method is tried.
+var errUnavailable = errors.New("openwrt: upload method not available on the device")
+
+// progressReader counts the bytes read through it and calls report, at
+// most every reportEvery or when the percentage changes by 1 or more.
+type progressReader struct {
+	r      io.Reader
+	n      int64
+	report func(sent int64)
+}
+
+func (p *progressReader) Read(b []byte) (int, error) {
+	n, err := p.r.Read(b)
+	p.n += int64(n)
+	if n > 0 && p.report != nil {
+		p.report(p.n)
+	}
+	return n, err
+}
+
+// uploadVia sends size bytes of r to remotePath on c with method m.
+func (c *conn) uploadVia(ctx context.Context, m UploadMethod, r io.Reader, size int64, remotePath string) error {
+	switch m {
+	case UploadSFTP:
+		return c.uploadSFTP(r, remotePath)
+	case UploadSCP:
+		return c.uploadSCP(ctx, r, size, remotePath)
+	case UploadCat:
+		return c.uploadCat(ctx, r, remotePath)
+	}
+	return fmt.Errorf("openwrt: unknown upload method %q", m)
+}
+
+func (c *conn) uploadSFTP(r io.Reader, remotePath string) error {
+	client, err := sftp.NewClient(c.client)
+	if err != nil {
+		return fmt.Errorf("%w: sftp: %w", errUnavailable, err)
+	}
+	defer client.Close()
+	f, err := client.OpenFile(remotePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	if err != nil {
+		return fmt.Errorf("openwrt: sftp: create %s: %w", remotePath, err)
+	}
+	if _, err := f.ReadFromWithConcurrency(r, 0); err != nil {
+		f.Close()
+		return fmt.Errorf("openwrt: sftp: write %s: %w", remotePath, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("openwrt: sftp: close %s: %w", remotePath, err)
+	}
+	return nil
+}
+
+// uploadSCP speaks the sink side of the legacy SCP protocol: "scp -t PATH"
+// answers a 0 byte when ready, then after the "C0644 SIZE NAME" line, then
+// after the data and its trailing 0 byte.
+func (c *conn) uploadSCP(ctx context.Context, r io.Reader, size int64, remotePath string) error {
+	s, err := c.client.NewSession()
+	if err != nil {
+		return fmt.Errorf("openwrt: scp: open session: %w", err)
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	stdin, err := s.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("openwrt: scp: %w", err)
+	}
+	stdout, err := s.StdoutPipe()
+	if err != nil {
+		return fmt.Errorf("openwrt: scp: %w", err)
+	}
+	stderr := &capBuffer{max: MaxErrorOutput}
+	s.Stderr = stderr
+	cmd := command("scp", "-t", remotePath)
+	if err := s.Start(cmd); err != nil {
+		return fmt.Errorf("openwrt: scp: start: %w", err)
+	}
+	out := bufio.NewReaderSize(stdout, 512)
+	// The first answer tells whether scp exists at all.
+	if err := scpAck(out); err != nil {
+		_ = stdin.Close()
+		werr := s.Wait()
+		if errors.Is(err, io.EOF) {
+			return fmt.Errorf("%w: scp: %v %s", errUnavailable, werr, strings.TrimSpace(stderr.String()))
+		}
+		return fmt.Errorf("openwrt: scp: %w", err)
+	}
+	fail := func(stage string, err error) error {
+		_ = stdin.Close()
+		_ = s.Close()
+		return fmt.Errorf("openwrt: scp: %s: %w", stage, err)
+	}
+	name := strings.NewReplacer("\n", "_", "\r", "_", "/", "_").Replace(path.Base(remotePath))
+	if _, err := io.WriteString(stdin, "C0644 "+strconv.FormatInt(size, 10)+" "+name+"\n"); err != nil {
+		return fail("header", err)
+	}
+	if err := scpAck(out); err != nil {
+		return fail("header", err)
+	}
+	n, err := io.Copy(stdin, io.LimitReader(r, size))
+	if err != nil {
+		return fail("data", err)
+	}
+	if n != size {
+		return fail("data", fmt.Errorf("image has %d bytes, %d expected", n, size))
+	}
+	if _, err := stdin.Write([]byte{0}); err != nil {
+		return fail("data", err)
+	}
+	if err := scpAck(out); err != nil {
+		return fail("data", err)
+	}
+	_ = stdin.Close()
+	if err := s.Wait(); err != nil {
+		return fmt.Errorf("openwrt: scp: %w %s", err, strings.TrimSpace(stderr.String()))
+	}
+	return nil
+}
+
+// scpAck reads one SCP answer: 0 is OK, 1 and 2 carry an error message.
+func scpAck(r *bufio.Reader) error {
+	b, err := r.ReadByte()
+	if err != nil {
+		return err
+	}
+	if b == 0 {
+		return nil
+	}
+	msg, _ := r.ReadString('\n')
+	return fmt.Errorf("the device refused: %s", strings.TrimSpace(msg))
+}
+
+func (c *conn) uploadCat(ctx context.Context, r io.Reader, remotePath string) error {
+	_, err := c.run(ctx, 0, redirect(command("cat"), remotePath), r)
+	if err != nil {
+		return fmt.Errorf("openwrt: cat upload: %w", err)
+	}
+	return nil
+}
+
+// throttle calls fn when the percentage moved and at least every has
+// passed since the last call, and always for the last byte.
+type throttle struct {
+	every time.Duration
+	last  time.Time
+	pct   int
+	fn    func(pct int)
+}
+
+func (t *throttle) update(pct int, final bool) {
+	if pct == t.pct {
+		return
+	}
+	now := time.Now()
+	if !final && now.Sub(t.last) < t.every {
+		return
+	}
+	t.last, t.pct = now, pct
+	t.fn(pct)
+}
