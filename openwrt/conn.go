@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -174,10 +173,10 @@ var errSessionLost = errors.New("openwrt: the session ended without an exit stat
 // errCommandTimeout is returned by run when its timeout passed.
 var errCommandTimeout = errors.New("openwrt: command timed out")
 
-// run runs cmd with stdin (may be nil) and returns its combined output. A
+// run runs cmd and returns its combined output. A
 // non-zero exit is a *CommandError; a timeout is errCommandTimeout; a
 // dropped session wraps errSessionLost; ctx ending returns ctx's error.
-func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string, stdin io.Reader) (string, error) {
+func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (string, error) {
 	s, err := c.client.NewSession()
 	if err != nil {
 		if ctx.Err() != nil {
@@ -189,9 +188,6 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string, stdin
 	out := &capBuffer{max: maxCapture}
 	s.Stdout = out
 	s.Stderr = out
-	if stdin != nil {
-		s.Stdin = stdin
-	}
 	if err := s.Start(cmd); err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()

@@ -38,7 +38,7 @@ func (a *attempt) flash(ctx context.Context) error {
 	a.progress(ctx, status.ProgressFlashing)
 	cmd := a.flashCommand()
 	a.logf(ctx, "Upgrade operation in progress: %s", cmd)
-	out, err := a.c.run(ctx, a.cfg.UpgradeTimeout, cmd, nil)
+	out, err := a.c.run(ctx, a.cfg.UpgradeTimeout, cmd)
 	if s := strings.TrimSpace(out); s != "" {
 		a.logf(ctx, "%s", truncateOutput(s, MaxErrorOutput))
 	}
@@ -123,7 +123,6 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 // result is failed, unreachable after flash.
 func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bool, error)) error {
 	var lastErr error
-	verifying := false
 	for i := 1; i <= a.cfg.ReconnectMaxRetries; i++ {
 		if i > 1 {
 			if err := sleep(ctx, a.cfg.ReconnectRetryDelay); err != nil {
@@ -141,8 +140,8 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 			continue
 		}
 		a.c = c
-		if !verifying {
-			verifying = true
+		if !a.verifying {
+			a.verifying = true
 			if err := a.job.Report.Phase(ctx, status.PhaseVerifying); err != nil {
 				a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
 			}
@@ -212,6 +211,7 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 	}
 	defer a.close()
 	a.flashing = true // never clean up: nothing was prepared
+	a.verifying = true
 	if err := a.job.Report.Phase(ctx, status.PhaseVerifying); err != nil {
 		a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
 	}

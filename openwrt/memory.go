@@ -193,7 +193,7 @@ func (a *attempt) undo(ctx context.Context) {
 		}
 		done := 0
 		for _, cmd := range cmds {
-			_, err := c.run(cctx, a.cfg.CommandTimeout, cmd, nil)
+			_, err := c.run(cctx, a.cfg.CommandTimeout, cmd)
 			var ce *CommandError
 			if err != nil && !errors.As(err, &ce) {
 				break // the connection is broken: try again on a new one

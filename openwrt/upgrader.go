@@ -71,10 +71,11 @@ type attempt struct {
 	c          *conn
 	remotePath string
 
-	stopped  []string // services this attempt stopped
-	wifiDown bool     // this attempt ran "wifi down"
-	uploaded bool     // the image may be on the device at remotePath
-	flashing bool     // the flash was decided: never clean up after it
+	stopped   []string // services this attempt stopped
+	wifiDown  bool     // this attempt ran "wifi down"
+	uploaded  bool     // the image may be on the device at remotePath
+	flashing  bool     // the flash was decided: never clean up after it
+	verifying bool     // the verifying phase was reported
 }
 
 func (u *Upgrader) newAttempt(job *upgrader.Job) (*attempt, error) {
@@ -173,7 +174,7 @@ func (a *attempt) connect(ctx context.Context) (*conn, error) {
 
 // exec runs a command with CommandTimeout on the attempt's connection.
 func (a *attempt) exec(ctx context.Context, cmd string) (string, error) {
-	return a.c.run(ctx, a.cfg.CommandTimeout, cmd, nil)
+	return a.c.run(ctx, a.cfg.CommandTimeout, cmd)
 }
 
 // transportError classifies an error of a command that did not run to an

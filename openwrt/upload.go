@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pkg/sftp"
+	"golang.org/x/crypto/ssh"
 )
 
 // errUnavailable marks an upload method the device does not offer; the next
@@ -149,9 +150,39 @@ func scpAck(r *bufio.Reader) error {
 	return fmt.Errorf("the device refused: %s", strings.TrimSpace(msg))
 }
 
+// uploadCat streams the image into "cat > PATH". The copy runs in the
+// caller's goroutine, so the image reader is never used after it returns.
 func (c *conn) uploadCat(ctx context.Context, r io.Reader, remotePath string) error {
-	_, err := c.run(ctx, 0, redirect(command("cat"), remotePath), r)
+	s, err := c.client.NewSession()
 	if err != nil {
+		return fmt.Errorf("openwrt: cat upload: open session: %w", err)
+	}
+	defer s.Close()
+	stop := context.AfterFunc(ctx, func() { s.Close() })
+	defer stop()
+	stdin, err := s.StdinPipe()
+	if err != nil {
+		return fmt.Errorf("openwrt: cat upload: %w", err)
+	}
+	out := &capBuffer{max: MaxErrorOutput}
+	s.Stdout, s.Stderr = out, out
+	cmd := redirect(command("cat"), remotePath)
+	if err := s.Start(cmd); err != nil {
+		return fmt.Errorf("openwrt: cat upload: start: %w", err)
+	}
+	if _, err := io.Copy(stdin, r); err != nil {
+		_ = s.Close()
+		return fmt.Errorf("openwrt: cat upload: %w", err)
+	}
+	if err := stdin.Close(); err != nil {
+		_ = s.Close()
+		return fmt.Errorf("openwrt: cat upload: %w", err)
+	}
+	if err := s.Wait(); err != nil {
+		var ee *ssh.ExitError
+		if errors.As(err, &ee) {
+			return &CommandError{Cmd: cmd, ExitStatus: ee.ExitStatus(), Output: truncateOutput(out.String(), MaxErrorOutput)}
+		}
 		return fmt.Errorf("openwrt: cat upload: %w", err)
 	}
 	return nil

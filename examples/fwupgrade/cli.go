@@ -301,7 +301,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sig <-cha
 	}
 	eng, err := upgrader.New(memory.New(), reg, &upgrader.Config{
 		Logger: quiet, Files: files, MaxImageSize: upgrader.NoImageSizeLimit,
-		Retry:  upgrader.RetryPolicy{MaxRetries: maxRetries, InitialInterval: p.retryDelay},
+		Retry: upgrader.RetryPolicy{MaxRetries: maxRetries, InitialInterval: p.retryDelay},
 	})
 	if err != nil {
 		fmt.Fprintln(stderr, "fwupgrade:", err)
