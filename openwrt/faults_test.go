@@ -116,6 +116,27 @@ func TestCancel(t *testing.T) {
 		require.Empty(t, flashCommands(b.dev))
 		require.Empty(t, executed(b.dev, "sysupgrade"))
 	})
+	t.Run("during upload", func(t *testing.T) {
+		t.Parallel()
+		for _, sim := range []devicesim.Config{{SFTP: true}, {SCP: true}, {}} {
+			t.Run("", func(t *testing.T) {
+				t.Parallel()
+				huge := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 24 << 20}
+				b := setup(t, setupOpts{img: &huge, sim: sim})
+				b.rep.onProgress = func(pct int) {
+					if pct > status.ProgressChecksum && pct < status.ProgressUploaded {
+						b.rep.cancel()
+					}
+				}
+				err := b.upgrade(t)
+				require.ErrorIs(t, err, upgrader.ErrCancelled)
+				require.Empty(t, executed(b.dev, "sha256sum"), "the upload was not stopped")
+				require.Empty(t, executed(b.dev, "sysupgrade"))
+				_, ok := b.dev.File("/tmp/" + b.job.Image.Name)
+				require.False(t, ok, "the partial image was not removed")
+			})
+		}
+	})
 	t.Run("ctx ends", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}})

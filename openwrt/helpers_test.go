@@ -33,13 +33,14 @@ const (
 // operation already entered flashing: like a store, exactly one of the cancel
 // and the move into flashing wins.
 type testReporter struct {
-	mu        sync.Mutex
-	phases    []status.Phase
-	progress  []int
-	logs      []string
-	cancelled bool
-	flashing  bool
-	onPhase   func(p status.Phase) // called before the phase is recorded, without the lock
+	mu         sync.Mutex
+	phases     []status.Phase
+	progress   []int
+	logs       []string
+	cancelled  bool
+	flashing   bool
+	onPhase    func(p status.Phase) // called before the phase is recorded, without the lock
+	onProgress func(pct int)        // called before the progress is recorded, without the lock
 }
 
 func (r *testReporter) Phase(ctx context.Context, p status.Phase) error {
@@ -62,6 +63,9 @@ func (r *testReporter) Phase(ctx context.Context, p status.Phase) error {
 }
 
 func (r *testReporter) Progress(_ context.Context, pct int) error {
+	if r.onProgress != nil {
+		r.onProgress(pct)
+	}
 	if err := status.ValidateProgress(pct); err != nil {
 		return err
 	}

@@ -74,13 +74,15 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 	}
 	need := a.job.Image.Size + a.cfg.MemoryMargin
 	free, field, err := a.freeMemory(ctx)
-	var ce *CommandError
 	switch {
-	case errors.As(err, &ce) || (err != nil && !errors.Is(err, errSessionLost) && !errors.Is(err, errCommandTimeout) && ctx.Err() == nil):
+	case err == nil:
+	case ctx.Err() != nil || errors.Is(err, errSessionLost) || errors.Is(err, errCommandTimeout):
+		return transportError(ctx, "read the free memory", err)
+	default:
+		// /proc/meminfo unreadable or unexpected: sysupgrade's own checks
+		// still protect the device.
 		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", err)
 		return nil
-	case err != nil:
-		return transportError(ctx, "read the free memory", err)
 	}
 	a.logf(ctx, "Free memory (%s): %s; needed: %s (image) + %s (margin)", field, mib(free), mib(a.job.Image.Size), mib(a.cfg.MemoryMargin))
 	if free >= need {

@@ -38,12 +38,17 @@ func (u *Upgrader) rememberMethod(addr string, m UploadMethod) {
 // upload sends the image to remotePath with the first method the device
 // offers, then checks its SHA-256 on the device.
 func (a *attempt) upload(ctx context.Context) error {
-	uctx := ctx
+	// The upload stops when ctx ends, after UploadTimeout, or when the
+	// operation is cancelled (checked with each progress report).
+	uctx, cancelUpload := context.WithCancelCause(ctx)
+	defer cancelUpload(nil)
 	if a.cfg.UploadTimeout > 0 {
 		var cancel context.CancelFunc
-		uctx, cancel = context.WithTimeout(ctx, a.cfg.UploadTimeout)
+		uctx, cancel = context.WithTimeoutCause(uctx, a.cfg.UploadTimeout,
+			fmt.Errorf("openwrt: upload timed out after %s", a.cfg.UploadTimeout))
 		defer cancel()
 	}
+	a.cancelUpload = cancelUpload
 	size := a.job.Image.Size
 	start := time.Now()
 	var tried []string
@@ -59,6 +64,12 @@ func (a *attempt) upload(ctx context.Context) error {
 				return ctx.Err()
 			}
 			a.uploaded = true // a partial file may be there
+			if cause := context.Cause(uctx); errors.Is(cause, upgrader.ErrCancelled) {
+				a.logf(ctx, "Upload stopped: the operation was cancelled")
+				return cause
+			} else if cause != nil {
+				err = cause
+			}
 			a.logf(ctx, "Upload via %s failed after %d bytes: %v", m, sent, err)
 			return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: upload via %s to %s: %w", m, a.c.addr, err))
 		}
@@ -80,7 +91,12 @@ func (a *attempt) uploadWith(ctx context.Context, m UploadMethod, size int64) (i
 		return 0, fmt.Errorf("openwrt: open the image: %w", err)
 	}
 	defer rc.Close()
-	th := &throttle{every: progressEvery, pct: status.ProgressChecksum, fn: func(pct int) { a.progress(ctx, pct) }}
+	th := &throttle{every: progressEvery, pct: status.ProgressChecksum, fn: func(pct int) {
+		a.progress(ctx, pct)
+		if err := a.job.Report.Cancelled(ctx); errors.Is(err, upgrader.ErrCancelled) {
+			a.cancelUpload(err)
+		}
+	}}
 	pr := &progressReader{r: rc, report: func(sent int64) {
 		th.update(status.UploadProgress(sent, size), sent >= size)
 	}}

@@ -76,6 +76,8 @@ type attempt struct {
 	uploaded  bool     // the image may be on the device at remotePath
 	flashing  bool     // the flash was decided: never clean up after it
 	verifying bool     // the verifying phase was reported
+
+	cancelUpload context.CancelCauseFunc // stops the upload in progress
 }
 
 func (u *Upgrader) newAttempt(job *upgrader.Job) (*attempt, error) {

@@ -41,7 +41,7 @@ func (p *progressReader) Read(b []byte) (int, error) {
 func (c *conn) uploadVia(ctx context.Context, m UploadMethod, r io.Reader, size int64, remotePath string) error {
 	switch m {
 	case UploadSFTP:
-		return c.uploadSFTP(r, remotePath)
+		return c.uploadSFTP(ctx, r, remotePath)
 	case UploadSCP:
 		return c.uploadSCP(ctx, r, size, remotePath)
 	case UploadCat:
@@ -50,12 +50,17 @@ func (c *conn) uploadVia(ctx context.Context, m UploadMethod, r io.Reader, size 
 	return fmt.Errorf("openwrt: unknown upload method %q", m)
 }
 
-func (c *conn) uploadSFTP(r io.Reader, remotePath string) error {
+func (c *conn) uploadSFTP(ctx context.Context, r io.Reader, remotePath string) error {
 	client, err := sftp.NewClient(c.client)
 	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
 		return fmt.Errorf("%w: sftp: %w", errUnavailable, err)
 	}
 	defer client.Close()
+	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer stop()
 	f, err := client.OpenFile(remotePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return fmt.Errorf("openwrt: sftp: create %s: %w", remotePath, err)
