@@ -5,7 +5,7 @@ package openwrt_test
 
 import (
 	"context"
-	"errors"
+
 	"fmt"
 	"io"
 	"log/slog"
@@ -393,4 +393,22 @@ func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 	})
 }
 
-var _ = errors.New
+func TestEngineRefusesInvalidOptions(t *testing.T) {
+	t.Parallel()
+	f := newFleet(t, fleetOpts{})
+	d, dev := f.device(t, devicesim.Config{})
+	ctx := ctxT(t)
+	_, err := f.eng.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID, Options: []byte(`{"sysupgrade":"n,c"}`)})
+	require.ErrorIs(t, err, openwrt.ErrInvalidOptions)
+	ops, err := f.st.ListOperations(ctx, store.OperationFilter{DeviceID: d.ID})
+	require.NoError(t, err)
+	assert.Empty(t, ops, "no operation created")
+	assert.Empty(t, dev.Commands(), "nothing reached the device")
+
+	op, err := f.eng.Upgrade(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID,
+		Options: openwrt.Options{KeepConfig: true, Force: true}.JSON()})
+	require.NoError(t, err)
+	assert.Equal(t, status.Success, op.State)
+	require.Len(t, dev.Flashes(), 1)
+	assert.Equal(t, []string{"-v", "-c", "-F", "/tmp/openwrt-23.05.3-" + e2eType}, dev.Flashes()[0].Args)
+}

@@ -283,7 +283,7 @@ func TestBadOptions(t *testing.T) {
 	t.Parallel()
 	b := setup(t, setupOpts{options: json.RawMessage(`{"sysupgrade":"n,c"}`)})
 	err := b.upgrade(t)
-	requireKind(t, err, upgrader.KindAborted, status.ReasonUpgraderError)
+	requireKind(t, err, upgrader.KindAborted, status.ReasonInvalidOptions)
 	require.ErrorIs(t, err, ErrInvalidOptions)
 	require.Empty(t, b.dev.Commands())
 	require.Empty(t, b.rep.Phases())

@@ -216,6 +216,9 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
 	}
 	a.logf(ctx, "Verifying the outcome of an earlier flash")
+	// A device on the old firmware may still be about to flash or reboot:
+	// that verdict is only final when the reconnection window has passed.
+	var stale error
 	err = a.reconnect(ctx, func(ctx context.Context) (bool, error) {
 		sum, found, err := a.readChecksumFile(ctx)
 		if err != nil {
@@ -236,9 +239,10 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 			return false, err
 		}
 		if !releaseMatches(rel, osid) {
-			a.logf(ctx, "The device runs %q, not %q", rel, osid)
-			return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			a.logf(ctx, "The device runs %q, not %q (yet)", rel, osid)
+			stale = upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, osid))
+			return false, nil
 		}
 		a.logf(ctx, "The device runs %q", rel)
 		if err := a.writeChecksum(ctx); err != nil {
@@ -247,6 +251,10 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		return true, nil
 	})
 	if err != nil {
+		var ue *upgrader.Error
+		if errors.As(err, &ue) && ue.Reason == status.ReasonUnreachableAfterFlash && stale != nil {
+			return stale
+		}
 		return err
 	}
 	a.progress(ctx, status.ProgressDone)

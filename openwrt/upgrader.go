@@ -2,6 +2,7 @@ package openwrt
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -47,9 +48,18 @@ type Upgrader struct {
 }
 
 var (
-	_ upgrader.Upgrader = (*Upgrader)(nil)
-	_ upgrader.Verifier = (*Upgrader)(nil)
+	_ upgrader.Upgrader         = (*Upgrader)(nil)
+	_ upgrader.Verifier         = (*Upgrader)(nil)
+	_ upgrader.OptionsValidator = (*Upgrader)(nil)
 )
+
+// ValidateOptions checks an operation's sysupgrade options (see
+// ParseOptions) before the operation is created: the engine refuses an
+// upgrade whose options are invalid, so nothing reaches the device.
+func (u *Upgrader) ValidateOptions(raw json.RawMessage) error {
+	_, err := ParseOptions(raw)
+	return err
+}
 
 // New returns an Upgrader. cfg.CredentialsFunc is required; the other
 // fields have defaults. New starts no goroutine.
@@ -217,7 +227,7 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	job := a.job
 	opts, err := ParseOptions(job.Operation.Options)
 	if err != nil {
-		return upgrader.Aborted(status.ReasonUpgraderError, err)
+		return upgrader.Aborted(status.ReasonInvalidOptions, err)
 	}
 	a.opts = opts
 	a.remotePath = defaultRemotePath(job.Image)

@@ -65,8 +65,11 @@ const (
 	// ReasonOrganizationMismatch: the image belongs to another organization
 	// than the device. Aborted.
 	ReasonOrganizationMismatch Reason = "organization-mismatch"
-	// ReasonUpgraderError: the upgrader failed in a way it did not classify.
-	// Failed before flashing is aborted; after, failed.
+	// ReasonInvalidOptions: the operation's options are not valid for its
+	// upgrader. Aborted.
+	ReasonInvalidOptions Reason = "invalid-options"
+	// ReasonUpgraderError: the upgrader failed in a way it did not classify
+	// (or panicked). Failed.
 	ReasonUpgraderError Reason = "upgrader-error"
 	// ReasonWorkerLost: the worker running the operation vanished and the
 	// outcome could not be proven. Failed.
@@ -98,6 +101,7 @@ var reasons = map[Reason]reasonInfo{
 	ReasonMaxRetriesExceeded:       {false, Failed},
 	ReasonUnknownConnection:        {false, Aborted},
 	ReasonOrganizationMismatch:     {false, Aborted},
+	ReasonInvalidOptions:           {false, Aborted},
 	ReasonUpgraderError:            {false, Failed},
 	ReasonWorkerLost:               {false, Failed},
 }

@@ -268,6 +268,7 @@ func TestReasons(t *testing.T) {
 		{status.ReasonMaxRetriesExceeded, false, status.Failed},
 		{status.ReasonUnknownConnection, false, status.Aborted},
 		{status.ReasonOrganizationMismatch, false, status.Aborted},
+		{status.ReasonInvalidOptions, false, status.Aborted},
 		{status.ReasonUpgraderError, false, status.Failed},
 		{status.ReasonWorkerLost, false, status.Failed},
 	}
