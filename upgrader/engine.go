@@ -32,6 +32,7 @@ type Engine struct {
 	queued   map[string]bool // IDs in queue or scheduled
 	timers   map[string]*time.Timer
 	running  map[string]context.CancelCauseFunc // attempts in flight
+	waiters  map[string][]chan struct{}         // Wait calls, by operation
 	wake     chan struct{}
 	workCtx  context.Context
 	workStop context.CancelCauseFunc
@@ -56,6 +57,7 @@ func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 		queued:  map[string]bool{},
 		timers:  map[string]*time.Timer{},
 		running: map[string]context.CancelCauseFunc{},
+		waiters: map[string][]chan struct{}{},
 		wake:    make(chan struct{}, 1),
 	}, nil
 }
@@ -446,25 +448,63 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error)
 }
 
 // Wait blocks until operation id is terminal or ctx ends, and returns it.
+// It is woken by this engine's own transitions and polls the store every
+// half second for changes made elsewhere.
 func (e *Engine) Wait(ctx context.Context, id string) (store.Operation, error) {
-	ch, unsub := e.Subscribe(64)
-	defer unsub()
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	for {
+		done := e.waiter(id)
 		op, err := e.store.Operation(ctx, id)
 		if err != nil || op.State.Terminal() {
+			e.dropWaiter(id, done)
 			return op, err
 		}
 		select {
 		case <-ctx.Done():
+			e.dropWaiter(id, done)
 			return op, ctx.Err()
-		case _, ok := <-ch:
-			if !ok {
-				ch = nil
-			}
+		case <-done:
 		case <-t.C:
+			e.dropWaiter(id, done)
 		}
+	}
+}
+
+// waiter returns a channel closed when operation id next reaches a
+// terminal state through this engine.
+func (e *Engine) waiter(id string) chan struct{} {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ch := make(chan struct{})
+	e.waiters[id] = append(e.waiters[id], ch)
+	return ch
+}
+
+func (e *Engine) dropWaiter(id string, ch chan struct{}) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	ws := e.waiters[id]
+	for i, w := range ws {
+		if w == ch {
+			ws = append(ws[:i], ws[i+1:]...)
+			break
+		}
+	}
+	if len(ws) == 0 {
+		delete(e.waiters, id)
+	} else {
+		e.waiters[id] = ws
+	}
+}
+
+func (e *Engine) wakeWaiters(id string) {
+	e.mu.Lock()
+	ws := e.waiters[id]
+	delete(e.waiters, id)
+	e.mu.Unlock()
+	for _, ch := range ws {
+		close(ch)
 	}
 }
 
@@ -472,6 +512,9 @@ func (e *Engine) Wait(ctx context.Context, id string) (store.Operation, error) {
 // belongs to a batch and kind is a state change.
 func (e *Engine) published(op store.Operation, kind EventKind) {
 	now := e.cfg.Now()
+	if op.State.Terminal() {
+		e.wakeWaiters(op.ID)
+	}
 	e.events.publish(opEvent(kind, op, now))
 	if kind == EventOperationState && op.BatchID != "" {
 		if b, err := e.store.Batch(context.Background(), op.BatchID); err == nil {

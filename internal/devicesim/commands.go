@@ -68,6 +68,19 @@ func init() {
 // binDirs are where builtins may be called by absolute path.
 var binDirs = map[string]bool{"/bin": true, "/sbin": true, "/usr/bin": true, "/usr/sbin": true}
 
+// locked runs fn with d.mu held. fn writes to buffers that are copied to
+// the command's streams after the lock is released: a stream may be a file
+// whose writer takes d.mu.
+func (e *env) locked(s *stdio, fn func(b *stdio) int) int {
+	var out, errb bytes.Buffer
+	e.d.mu.Lock()
+	status := fn(&stdio{in: s.in, out: &out, err: &errb})
+	e.d.mu.Unlock()
+	_, _ = s.out.Write(out.Bytes())
+	_, _ = s.err.Write(errb.Bytes())
+	return status
+}
+
 func (e *env) fprintf(w io.Writer, format string, a ...any) {
 	_, _ = fmt.Fprintf(w, format, a...)
 }
@@ -332,6 +345,10 @@ func (e *env) rm(s *stdio, args []string) int {
 }
 
 func (e *env) mkdir(s *stdio, args []string) int {
+	return e.locked(s, func(s *stdio) int { return e.mkdirLocked(s, args) })
+}
+
+func (e *env) mkdirLocked(s *stdio, args []string) int {
 	parents := false
 	status := 0
 	for _, a := range args {
@@ -340,7 +357,6 @@ func (e *env) mkdir(s *stdio, args []string) int {
 			continue
 		}
 		p := cleanPath(a)
-		e.d.mu.Lock()
 		switch {
 		case e.d.isDirLocked(p):
 			if !parents {
@@ -368,7 +384,6 @@ func (e *env) mkdir(s *stdio, args []string) int {
 				e.d.mkdirLocked(q)
 			}
 		}
-		e.d.mu.Unlock()
 	}
 	return status
 }
@@ -474,14 +489,16 @@ func (e *env) uci(s *stdio, args []string) int {
 		e.fprintf(s.err, "Usage: uci [<options>] <command> [<arguments>]\n")
 		return 1
 	}
+	return e.locked(s, func(s *stdio) int { return e.uciLocked(s, args, quiet) })
+}
+
+func (e *env) uciLocked(s *stdio, args []string, quiet bool) int {
 	notFound := func() int {
 		if !quiet {
 			e.fprintf(s.err, "uci: Entry not found\n")
 		}
 		return 1
 	}
-	e.d.mu.Lock()
-	defer e.d.mu.Unlock()
 	switch args[0] {
 	case "get":
 		if len(args) != 2 {
@@ -536,8 +553,10 @@ func (e *env) service(s *stdio, name string, args []string) int {
 		e.fprintf(s.err, "Syntax: /etc/init.d/%s [command]\n", name)
 		return 1
 	}
-	e.d.mu.Lock()
-	defer e.d.mu.Unlock()
+	return e.locked(s, func(s *stdio) int { return e.serviceLocked(s, name, args) })
+}
+
+func (e *env) serviceLocked(s *stdio, name string, args []string) int {
 	switch args[0] {
 	case "stop":
 		if e.d.stopped == nil {
@@ -565,8 +584,10 @@ func (e *env) service(s *stdio, name string, args []string) int {
 }
 
 func (e *env) wifi(s *stdio, args []string) int {
-	e.d.mu.Lock()
-	defer e.d.mu.Unlock()
+	return e.locked(s, func(s *stdio) int { return e.wifiLocked(s, args) })
+}
+
+func (e *env) wifiLocked(s *stdio, args []string) int {
 	switch {
 	case len(args) == 0 || args[0] == "up" || args[0] == "reload":
 		e.d.wifiDown = false
@@ -689,6 +710,10 @@ func (e *env) which(s *stdio, args []string) int {
 }
 
 func (e *env) ls(s *stdio, args []string) int {
+	return e.locked(s, func(s *stdio) int { return e.lsLocked(s, args) })
+}
+
+func (e *env) lsLocked(s *stdio, args []string) int {
 	if len(args) == 0 {
 		args = []string{"/root"}
 	}
@@ -698,7 +723,6 @@ func (e *env) ls(s *stdio, args []string) int {
 			continue
 		}
 		p := cleanPath(a)
-		e.d.mu.Lock()
 		var names []string
 		switch {
 		case e.d.isDirLocked(p):
@@ -709,7 +733,6 @@ func (e *env) ls(s *stdio, args []string) int {
 			status = 1
 			e.fprintf(s.err, "ls: %s: No such file or directory\n", a)
 		}
-		e.d.mu.Unlock()
 		for _, n := range names {
 			e.fprintf(s.out, "%s\n", n)
 		}

@@ -181,3 +181,23 @@ func TestSetFaults(t *testing.T) {
 	require.Error(t, err)
 	sh(t, d, "true")
 }
+
+func TestTmpIsLimitedByMemory(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{SFTP: true, SCP: true, MemAvailable: 3 << 20, Faults: Faults{LowMemoryUntilServicesStopped: true}})
+	im := testImage
+	im.Size = 2 << 20
+	for _, m := range uploadMethods {
+		err := m.upload(dial(t, d), "/tmp/fw.bin", im)
+		require.Error(t, err, m.name)
+		sh(t, d, "rm -f /tmp/fw.bin")
+	}
+	r := run(t, dial(t, d), "cat > /tmp/fw.bin", im.Reader())
+	require.Equal(t, 1, r.status)
+	require.Contains(t, r.stderr, "No space left on device")
+	// Stopping the non-critical services frees enough memory.
+	sh(t, d, "rm -f /tmp/fw.bin; /etc/init.d/uhttpd stop; /etc/init.d/dnsmasq stop; /etc/init.d/cron stop; /etc/init.d/rpcd stop; /etc/init.d/log stop; /etc/init.d/odhcpd stop")
+	for _, m := range uploadMethods {
+		require.NoError(t, m.upload(dial(t, d), "/tmp/fw.bin", im), m.name)
+	}
+}

@@ -365,7 +365,7 @@ func (d *Device) createLocked(p string, appendTo bool) (*fileWriter, error) {
 		if !old.full {
 			return nil, errors.New("Input/output error")
 		}
-		_, _ = w.write(old.data)
+		w.add(old.data) // d.mu is held: no checks
 	}
 	d.files[p] = &file{mtime: time.Now(), full: true, sum: sha256.Sum256(nil)}
 	return w, nil
@@ -416,24 +416,23 @@ func (w *fileWriter) write(p []byte) (int, error) {
 		w.d.mu.Unlock()
 	}
 	p = p[:n]
+	if strings.HasPrefix(w.path, "/tmp/") {
+		// /tmp is a tmpfs: it can hold only what MemAvailable allows.
+		w.d.mu.Lock()
+		avail := w.d.memAvailableLocked()
+		w.d.mu.Unlock()
+		if w.size+int64(n) > avail {
+			w.failed = errNoSpace
+			return 0, w.failed
+		}
+	}
 	if w.corrupt && w.size <= corruptOffset && w.size+int64(n) > corruptOffset {
 		q := append([]byte(nil), p...)
 		q[corruptOffset-w.size] ^= 0x01
 		p = q
 		w.corrupt = false
 	}
-	w.h.Write(p)
-	if len(w.head) < headSize {
-		w.head = append(w.head, p[:min(len(p), headSize-len(w.head))]...)
-	}
-	if w.full {
-		if w.size+int64(n) < smallFileSize {
-			w.data = append(w.data, p...)
-		} else {
-			w.full, w.data = false, nil
-		}
-	}
-	w.size += int64(n)
+	w.add(p)
 	if cut {
 		w.failed = errors.New("connection cut")
 		w.commitLocked()
@@ -443,6 +442,22 @@ func (w *fileWriter) write(p []byte) (int, error) {
 		return n, w.failed
 	}
 	return n, nil
+}
+
+// add appends p to the content, with no checks and no lock.
+func (w *fileWriter) add(p []byte) {
+	w.h.Write(p)
+	if len(w.head) < headSize {
+		w.head = append(w.head, p[:min(len(p), headSize-len(w.head))]...)
+	}
+	if w.full {
+		if w.size+int64(len(p)) < smallFileSize {
+			w.data = append(w.data, p...)
+		} else {
+			w.full, w.data = false, nil
+		}
+	}
+	w.size += int64(len(p))
 }
 
 // WriteAt accepts out-of-order writes and feeds them in order.

@@ -15,6 +15,8 @@ func FuzzShell(f *testing.F) {
 		"cat '/etc/openwrt_release'", `echo "a;b" > /tmp/x && cat /tmp/x || true`, "rm -rf /",
 		"sysupgrade -T -F /tmp/x", "printf '%s%d%' a", "[ -f /x ]", "mkdir -p /a/b; ls /a",
 		"uci set a.b.c=d; uci show", "2>&1 >/dev/null cat", "scp -t /tmp", "test ! -d /tmp",
+		"uci show > /tmp/u", "ls / 2>/tmp/e >/tmp/o", "mkdir /tmp 2>/tmp/e", "/etc/init.d/uhttpd status >>/tmp/s",
+		"wifi bad 2>/tmp/w", "cat /proc/meminfo > /tmp/m", "echo 3 > /proc/sys/vm/drop_caches",
 	} {
 		f.Add(s)
 	}
