@@ -118,8 +118,10 @@ type Config struct {
 	// Defaults to DefaultRebootDelay.
 	RebootDelay time.Duration
 	// Files are extra initial files, keyed by absolute path. Files under /tmp
-	// are lost at the first reboot; the others survive reboots unless a
-	// flash runs with -n.
+	// are lost at the first reboot; the others survive reboots. A flash with
+	// -n (do not keep the configuration) resets every file outside /tmp to
+	// these, without those under /etc/openwisp/, and removes every openwisp.*
+	// uci option, UUID included: the device is back to factory settings.
 	Files map[string][]byte
 	// Faults injects failures.
 	Faults Faults

@@ -10,7 +10,10 @@
 // Files live in an in-memory store. Uploads (SFTP through pkg/sftp's request
 // server, the sink side of legacy SCP, or "cat > FILE") are streamed: only the
 // first 4 KiB, the size and a SHA-256 are kept for large files, so thousands
-// of devices can receive 32 MiB images in one process.
+// of devices can receive 32 MiB images in one process. /tmp is a tmpfs: files
+// there count against MemAvailable, and a write that does not fit fails with
+// "No space left on device". Stopping services, removing /tmp/opkg-lists and
+// dropping caches free memory.
 //
 // "sysupgrade PATH" validates a simulated image (see Image), prints what
 // OpenWrt prints, drops every SSH connection, closes the listener and comes

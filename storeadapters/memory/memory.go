@@ -139,6 +139,40 @@ func paginate[T any](items []T, id func(T) string, p store.Page) []T {
 	return items
 }
 
+// get returns m[id] under the read lock, or ErrNotFound naming kind.
+func get[T any](s *Store, ctx context.Context, m map[string]T, kind, id string) (T, error) {
+	var zero T
+	if err := ctxErr(ctx); err != nil {
+		return zero, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	v, ok := m[id]
+	if !ok {
+		return zero, notFound(kind, id)
+	}
+	return v, nil
+}
+
+// list returns the values of m that keep accepts, as one page of p.
+func list[T any](s *Store, ctx context.Context, p store.Page, m map[string]T, keep func(T) bool, id func(T) string) ([]T, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	var out []T
+	for _, v := range m {
+		if keep(v) {
+			out = append(out, v)
+		}
+	}
+	return paginate(out, id, p), nil
+}
+
 func orgMatches(org string, includeShared bool, recordOrg string) bool {
 	return org == "" || recordOrg == org || (includeShared && recordOrg == "")
 }
@@ -173,35 +207,14 @@ func (s *Store) CreateCategory(ctx context.Context, c store.Category) (store.Cat
 
 // Category implements store.Categories.
 func (s *Store) Category(ctx context.Context, id string) (store.Category, error) {
-	if err := ctxErr(ctx); err != nil {
-		return store.Category{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	c, ok := s.categories[id]
-	if !ok {
-		return store.Category{}, notFound("category", id)
-	}
-	return c, nil
+	return get(s, ctx, s.categories, "category", id)
 }
 
 // ListCategories implements store.Categories.
 func (s *Store) ListCategories(ctx context.Context, f store.CategoryFilter) ([]store.Category, error) {
-	if err := ctxErr(ctx); err != nil {
-		return nil, err
-	}
-	if err := f.Page.Validate(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []store.Category
-	for _, c := range s.categories {
-		if orgMatches(f.Organization, f.IncludeShared, c.Organization) && (f.Name == "" || c.Name == f.Name) {
-			out = append(out, c)
-		}
-	}
-	return paginate(out, func(c store.Category) string { return c.ID }, f.Page), nil
+	return list(s, ctx, f.Page, s.categories, func(c store.Category) bool {
+		return orgMatches(f.Organization, f.IncludeShared, c.Organization) && (f.Name == "" || c.Name == f.Name)
+	}, func(c store.Category) string { return c.ID })
 }
 
 // ---- builds ----
@@ -249,37 +262,16 @@ func (s *Store) CreateBuild(ctx context.Context, b store.Build) (store.Build, er
 
 // Build implements store.Builds.
 func (s *Store) Build(ctx context.Context, id string) (store.Build, error) {
-	if err := ctxErr(ctx); err != nil {
-		return store.Build{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	b, ok := s.builds[id]
-	if !ok {
-		return store.Build{}, notFound("build", id)
-	}
-	return b, nil
+	return get(s, ctx, s.builds, "build", id)
 }
 
 // ListBuilds implements store.Builds.
 func (s *Store) ListBuilds(ctx context.Context, f store.BuildFilter) ([]store.Build, error) {
-	if err := ctxErr(ctx); err != nil {
-		return nil, err
-	}
-	if err := f.Page.Validate(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []store.Build
-	for _, b := range s.builds {
-		if orgMatches(f.Organization, f.IncludeShared, b.Organization) &&
+	return list(s, ctx, f.Page, s.builds, func(b store.Build) bool {
+		return orgMatches(f.Organization, f.IncludeShared, b.Organization) &&
 			(f.CategoryID == "" || b.CategoryID == f.CategoryID) &&
-			(f.OSIdentifier == "" || b.OSIdentifier == f.OSIdentifier) {
-			out = append(out, b)
-		}
-	}
-	return paginate(out, func(b store.Build) string { return b.ID }, f.Page), nil
+			(f.OSIdentifier == "" || b.OSIdentifier == f.OSIdentifier)
+	}, func(b store.Build) string { return b.ID })
 }
 
 // ---- images ----
@@ -317,37 +309,21 @@ func (s *Store) CreateImage(ctx context.Context, im store.Image) (store.Image, e
 
 // Image implements store.Images.
 func (s *Store) Image(ctx context.Context, id string) (store.Image, error) {
-	if err := ctxErr(ctx); err != nil {
-		return store.Image{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	im, ok := s.images[id]
-	if !ok {
-		return store.Image{}, notFound("image", id)
-	}
-	return cloneImage(im), nil
+	im, err := get(s, ctx, s.images, "image", id)
+	return cloneImage(im), err
 }
 
 // ListImages implements store.Images.
 func (s *Store) ListImages(ctx context.Context, f store.ImageFilter) ([]store.Image, error) {
-	if err := ctxErr(ctx); err != nil {
-		return nil, err
-	}
-	if err := f.Page.Validate(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []store.Image
-	for _, im := range s.images {
-		if orgMatches(f.Organization, f.IncludeShared, im.Organization) &&
+	out, err := list(s, ctx, f.Page, s.images, func(im store.Image) bool {
+		return orgMatches(f.Organization, f.IncludeShared, im.Organization) &&
 			(f.BuildID == "" || im.BuildID == f.BuildID) &&
-			(f.Type == "" || im.Type == f.Type) {
-			out = append(out, cloneImage(im))
-		}
+			(f.Type == "" || im.Type == f.Type)
+	}, func(im store.Image) string { return im.ID })
+	for i := range out {
+		out[i] = cloneImage(out[i])
 	}
-	return paginate(out, func(im store.Image) string { return im.ID }, f.Page), nil
+	return out, err
 }
 
 // ---- devices ----
@@ -385,38 +361,17 @@ func (s *Store) PutDevice(ctx context.Context, d store.Device) (store.Device, er
 
 // Device implements store.Devices.
 func (s *Store) Device(ctx context.Context, id string) (store.Device, error) {
-	if err := ctxErr(ctx); err != nil {
-		return store.Device{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	d, ok := s.devices[id]
-	if !ok {
-		return store.Device{}, notFound("device", id)
-	}
-	return d, nil
+	return get(s, ctx, s.devices, "device", id)
 }
 
 // ListDevices implements store.Devices.
 func (s *Store) ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error) {
-	if err := ctxErr(ctx); err != nil {
-		return nil, err
-	}
-	if err := f.Page.Validate(); err != nil {
-		return nil, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	var out []store.Device
-	for _, d := range s.devices {
-		if (f.Organization == "" || d.Organization == f.Organization) &&
+	return list(s, ctx, f.Page, s.devices, func(d store.Device) bool {
+		return (f.Organization == "" || d.Organization == f.Organization) &&
 			(f.Group == "" || d.Group == f.Group) &&
 			(f.Location == "" || d.Location == f.Location) &&
-			(f.OSIdentifier == "" || d.OSIdentifier == f.OSIdentifier) {
-			out = append(out, d)
-		}
-	}
-	return paginate(out, func(d store.Device) string { return d.ID }, f.Page), nil
+			(f.OSIdentifier == "" || d.OSIdentifier == f.OSIdentifier)
+	}, func(d store.Device) string { return d.ID })
 }
 
 // ---- device firmware ----
@@ -450,14 +405,5 @@ func (s *Store) PutDeviceFirmware(ctx context.Context, df store.DeviceFirmware) 
 
 // DeviceFirmware implements store.DeviceFirmwares.
 func (s *Store) DeviceFirmware(ctx context.Context, deviceID string) (store.DeviceFirmware, error) {
-	if err := ctxErr(ctx); err != nil {
-		return store.DeviceFirmware{}, err
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	df, ok := s.firmware[deviceID]
-	if !ok {
-		return store.DeviceFirmware{}, notFound("device firmware", deviceID)
-	}
-	return df, nil
+	return get(s, ctx, s.firmware, "device firmware", deviceID)
 }
