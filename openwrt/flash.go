@@ -75,7 +75,6 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 	if err := sleep(ctx, a.cfg.ReconnectDelay); err != nil {
 		return err
 	}
-	var stale error // the device answered but is not proven upgraded yet
 	err := a.reconnect(ctx, func(ctx context.Context) (bool, error) {
 		bootID, err := a.readBootID(ctx)
 		if err != nil {
@@ -83,9 +82,8 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 		}
 		if bootID == oldBootID {
 			a.logf(ctx, "The device has not rebooted yet (same boot id)")
-			stale = upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			return false, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 				errors.New("openwrt: the device did not reboot after the flash (same boot id)"))
-			return false, nil
 		}
 		if want := a.job.Image.Build.OSIdentifier; strings.TrimSpace(want) != "" {
 			rel, err := a.readRelease(ctx)
@@ -105,10 +103,6 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 		return true, nil
 	})
 	if err != nil {
-		var ue *upgrader.Error
-		if errors.As(err, &ue) && ue.Reason == status.ReasonUnreachableAfterFlash && stale != nil {
-			return stale
-		}
 		return err
 	}
 	a.progress(ctx, status.ProgressDone)
@@ -119,8 +113,9 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 // reconnect tries ReconnectMaxRetries times to connect, asking for the
 // credentials each time, and calls check on every connection it gets. check
 // returns done=true to stop (with its error as the result); done=false with
-// an error or not means "try again later". When every attempt failed the
-// result is failed, unreachable after flash.
+// an error or not means "try again later". When the attempts run out, the
+// result is the last check's old-firmware verdict if the device answered
+// last, and failed, unreachable after flash, otherwise.
 func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bool, error)) error {
 	var lastErr error
 	for i := 1; i <= a.cfg.ReconnectMaxRetries; i++ {
@@ -163,8 +158,14 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 		}
 		if err != nil {
 			lastErr = err
-			a.logf(ctx, "Verification interrupted: %v", err)
+			if !isStale(err) {
+				a.logf(ctx, "Verification interrupted: %v", err)
+			}
 		}
+	}
+	if isStale(lastErr) {
+		// The device answered last, but never proved the new firmware.
+		return lastErr
 	}
 	if lastErr == nil {
 		lastErr = errors.New("no attempt made")
@@ -172,6 +173,13 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 	return upgrader.Failed(status.ReasonUnreachableAfterFlash,
 		fmt.Errorf("openwrt: device %s not reachable after the flash (%d attempts): %w",
 			deviceLabel(a.job.Device), a.cfg.ReconnectMaxRetries, lastErr))
+}
+
+// isStale reports a verdict of reconnect's check: the device answered but
+// is not (yet) on the new firmware.
+func isStale(err error) bool {
+	var ue *upgrader.Error
+	return errors.As(err, &ue) && ue.Reason == status.ReasonOldFirmwareAfterReboot
 }
 
 // checkSameDevice guards the reconnection against reaching another device
@@ -218,7 +226,6 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 	a.logf(ctx, "Verifying the outcome of an earlier flash")
 	// A device on the old firmware may still be about to flash or reboot:
 	// that verdict is only final when the reconnection window has passed.
-	var stale error
 	err = a.reconnect(ctx, func(ctx context.Context) (bool, error) {
 		sum, found, err := a.readChecksumFile(ctx)
 		if err != nil {
@@ -240,9 +247,8 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		}
 		if !releaseMatches(rel, osid) {
 			a.logf(ctx, "The device runs %q, not %q (yet)", rel, osid)
-			stale = upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			return false, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, osid))
-			return false, nil
 		}
 		a.logf(ctx, "The device runs %q", rel)
 		if err := a.writeChecksum(ctx); err != nil {
@@ -251,10 +257,6 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		return true, nil
 	})
 	if err != nil {
-		var ue *upgrader.Error
-		if errors.As(err, &ue) && ue.Reason == status.ReasonUnreachableAfterFlash && stale != nil {
-			return stale
-		}
 		return err
 	}
 	a.progress(ctx, status.ProgressDone)
