@@ -220,6 +220,9 @@ func (e *Engine) worker() {
 				e.schedule(id, e.cfg.Now().Add(time.Second))
 			}
 		case !op.State.Terminal():
+			if !op.Deadline.IsZero() && op.Deadline.Before(retryAt) {
+				retryAt = op.Deadline // time out on time, not at the next retry
+			}
 			e.schedule(id, retryAt)
 		}
 	}

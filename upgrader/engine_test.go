@@ -830,3 +830,25 @@ func TestRetryPolicyDefaults(t *testing.T) {
 		assert.LessOrEqual(t, d, 90*time.Second)
 	}
 }
+
+// TestQueuedRetryTimesOutAtDeadline: an operation waiting for a retry that
+// is due after its deadline ends at the deadline, not at the retry.
+func TestQueuedRetryTimesOutAtDeadline(t *testing.T) {
+	t.Parallel()
+	rec := upgrader.Recoverable(status.ReasonConnectionFailed, errors.New("down"))
+	b := setup(t, &upgradertest.Fake{Results: []error{rec, rec}}, func(c *upgrader.Config) {
+		c.Retry = upgrader.RetryPolicy{InitialInterval: time.Hour, RandomizationFactor: -1}
+		c.OperationTimeout = 300 * time.Millisecond
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	require.NoError(t, b.eng.Start(ctx))
+	defer b.eng.Stop(ctx)
+	op, err := b.eng.Enqueue(ctx, upgrader.Request{DeviceID: b.device.ID, ImageID: b.image.ID})
+	require.NoError(t, err)
+	end, err := b.eng.Wait(ctx, op.ID)
+	require.NoError(t, err, "the operation must end at its deadline, long before the hour-long retry")
+	assert.Equal(t, status.Failed, end.State)
+	assert.Equal(t, status.ReasonTimeout, end.Reason)
+	assert.Equal(t, 1, b.fake.Attempts(op.ID))
+}
