@@ -19,6 +19,9 @@ import (
 // maxCapture bounds the output kept from one command, in bytes.
 const maxCapture = 64 << 10
 
+// sessionOpenTimeout bounds the opening of one SSH session (channel).
+const sessionOpenTimeout = 30 * time.Second
+
 // closeGrace is how long a command whose session was closed (timeout or
 // ctx) may take to return before the whole connection is closed.
 const closeGrace = 2 * time.Second
@@ -177,7 +180,7 @@ var errCommandTimeout = errors.New("openwrt: command timed out")
 // non-zero exit is a *CommandError; a timeout is errCommandTimeout; a
 // dropped session wraps errSessionLost; ctx ending returns ctx's error.
 func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (string, error) {
-	s, err := c.client.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()
@@ -242,4 +245,50 @@ func (c *conn) abandon(s *ssh.Session, done <-chan error) {
 	}
 	_ = c.Close()
 	<-done
+}
+
+// newSession opens a session on the connection, giving up when ctx ends or
+// after sessionOpenTimeout. x/crypto/ssh's NewSession has no context and can
+// wait forever when the connection dies at the moment the channel is opened
+// (the channel is registered after the connection's read loop dropped its
+// channels); without this bound an attempt could hang past every deadline.
+// On giving up the connection is closed; the goroutine left behind ends with
+// NewSession, if ever.
+func (c *conn) newSession(ctx context.Context) (*ssh.Session, error) {
+	return bounded(ctx, c, func() (*ssh.Session, error) { return c.client.NewSession() },
+		func(s *ssh.Session) { s.Close() })
+}
+
+// bounded runs open (which may block forever on a dead connection) and
+// returns its result, or an error when ctx ends or sessionOpenTimeout passes
+// first; then it closes c, and release disposes of a late result.
+func bounded[T any](ctx context.Context, c *conn, open func() (T, error), release func(T)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	ch := make(chan result, 1)
+	go func() {
+		v, err := open()
+		ch <- result{v, err}
+	}()
+	t := time.NewTimer(sessionOpenTimeout)
+	defer t.Stop()
+	var err error
+	select {
+	case r := <-ch:
+		return r.v, r.err
+	case <-ctx.Done():
+		err = ctx.Err()
+	case <-t.C:
+		err = fmt.Errorf("%w: opening a session took longer than %s", errSessionLost, sessionOpenTimeout)
+	}
+	c.Close()
+	go func() {
+		if r := <-ch; r.err == nil {
+			release(r.v)
+		}
+	}()
+	var zero T
+	return zero, err
 }

@@ -51,7 +51,8 @@ func (c *conn) uploadVia(ctx context.Context, m UploadMethod, r io.Reader, size 
 }
 
 func (c *conn) uploadSFTP(ctx context.Context, r io.Reader, remotePath string) error {
-	client, err := sftp.NewClient(c.client)
+	client, err := bounded(ctx, c, func() (*sftp.Client, error) { return sftp.NewClient(c.client) },
+		func(cl *sftp.Client) { cl.Close() })
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -79,7 +80,7 @@ func (c *conn) uploadSFTP(ctx context.Context, r io.Reader, remotePath string) e
 // answers a 0 byte when ready, then after the "C0644 SIZE NAME" line, then
 // after the data and its trailing 0 byte.
 func (c *conn) uploadSCP(ctx context.Context, r io.Reader, size int64, remotePath string) error {
-	s, err := c.client.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
 		return fmt.Errorf("openwrt: scp: open session: %w", err)
 	}
@@ -158,7 +159,7 @@ func scpAck(r *bufio.Reader) error {
 // uploadCat streams the image into "cat > PATH". The copy runs in the
 // caller's goroutine, so the image reader is never used after it returns.
 func (c *conn) uploadCat(ctx context.Context, r io.Reader, remotePath string) error {
-	s, err := c.client.NewSession()
+	s, err := c.newSession(ctx)
 	if err != nil {
 		return fmt.Errorf("openwrt: cat upload: open session: %w", err)
 	}

@@ -30,6 +30,16 @@ func TestFaultDropUpload(t *testing.T) {
 			im.Size = 1 << 20
 			c := dial(t, d)
 			require.Error(t, m.upload(c, "/tmp/fw.bin", im))
+			// Wait for the client to see the cut rather than opening a
+			// session on a dying connection: x/crypto/ssh can block forever
+			// when a channel is opened as its connection dies.
+			cut := make(chan error, 1)
+			go func() { cut <- c.Wait() }()
+			select {
+			case <-cut:
+			case <-time.After(10 * time.Second):
+				t.Fatal("the connection was not cut")
+			}
 			_, err := c.NewSession()
 			require.Error(t, err, "the connection was cut")
 			fi, ok := d.File("/tmp/fw.bin")
