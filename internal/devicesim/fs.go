@@ -334,6 +334,10 @@ type fileWriter struct {
 	corrupt bool   // flip a byte of this upload
 	upload  bool   // faults apply
 	c       *sconn // connection to cut on DropUploadAfter
+	// entry is the file created for this writer: the content is committed
+	// only while it is still the one at path (an "rm" or a new writer in
+	// between unlinks it, as on a POSIX file system).
+	entry *file
 	failed  error
 	closed  bool
 	pending map[int64][]byte
@@ -367,7 +371,8 @@ func (d *Device) createLocked(p string, appendTo bool) (*fileWriter, error) {
 		}
 		w.add(old.data) // d.mu is held: no checks
 	}
-	d.files[p] = &file{mtime: time.Now(), full: true, sum: sha256.Sum256(nil)}
+	w.entry = &file{mtime: time.Now(), full: true, sum: sha256.Sum256(nil)}
+	d.files[p] = w.entry
 	return w, nil
 }
 
@@ -535,7 +540,7 @@ func (w *fileWriter) commitLocked() {
 	}
 	w.d.mu.Lock()
 	defer w.d.mu.Unlock()
-	if w.d.bootID == w.boot && w.d.isDirLocked(pathDir(w.path)) {
+	if w.d.bootID == w.boot && w.d.files[w.path] == w.entry {
 		w.d.files[w.path] = f
 	}
 }
