@@ -3,6 +3,9 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"encoding/pem"
 	"encoding/json"
 	"io"
 	"os"
@@ -14,6 +17,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/crypto/ssh"
 
 	"github.com/fwupgrader/fwupgrader/internal/devicesim"
 )
@@ -234,4 +238,32 @@ func TestBadUsage(t *testing.T) {
 		})
 	}
 	assert.Empty(t, e.dev.Commands(), "bad usage never reaches the device")
+}
+
+func TestUpgradeWithKeyFile(t *testing.T) {
+	t.Parallel()
+	pub, priv, err := ed25519.GenerateKey(rand.Reader)
+	require.NoError(t, err)
+	sshPub, err := ssh.NewPublicKey(pub)
+	require.NoError(t, err)
+	e := setup(t, devicesim.Config{Password: "not-used-" + uuid.NewString(), AuthorizedKeys: []ssh.PublicKey{sshPub}})
+	block, err := ssh.MarshalPrivateKey(priv, "")
+	require.NoError(t, err)
+	keyFile := filepath.Join(e.dir, "id_ed25519")
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(block), 0o600))
+
+	var args []string
+	for i := 0; i < len(e.args()); i++ {
+		a := e.args()[i]
+		if a == "--password-env" {
+			i++
+			continue
+		}
+		args = append(args, a)
+	}
+	args = append(args, "--identity", keyFile)
+	code, res, stderr := runCLI(t, args, nil)
+	require.Equal(t, exitSuccess, code, stderr)
+	assert.Equal(t, "success", res.State)
+	assert.Equal(t, newRelease, e.dev.Release())
 }
