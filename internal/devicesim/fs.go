@@ -337,7 +337,7 @@ type fileWriter struct {
 	// entry is the file created for this writer: the content is committed
 	// only while it is still the one at path (an "rm" or a new writer in
 	// between unlinks it, as on a POSIX file system).
-	entry *file
+	entry   *file
 	failed  error
 	closed  bool
 	pending map[int64][]byte
