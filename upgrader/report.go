@@ -18,11 +18,6 @@ type reporter struct {
 
 var _ Reporter = (*reporter)(nil)
 
-// phaseProgress is the progress an operation shows on entering a phase.
-var phaseProgress = map[status.Phase]int{
-	status.PhaseConnecting: status.ProgressStart,
-	status.PhaseFlashing:   status.ProgressFlashing,
-}
 
 func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 	if !p.Valid() || p == status.PhaseNone {
@@ -32,8 +27,8 @@ func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 		return err
 	}
 	u := store.OperationUpdate{From: status.InProgress, Phase: &p}
-	if v, ok := phaseProgress[p]; ok {
-		u.Progress = &v
+	if p == status.PhaseFlashing {
+		u.Progress = store.Ptr(status.ProgressFlashing) // the milestone, in the same CAS
 	}
 	wctx, cancel := writeContext(ctx)
 	defer cancel()

@@ -225,13 +225,14 @@ func (e *Engine) interrupted(ctx context.Context, op store.Operation) (store.Ope
 // is verified first.
 func (e *Engine) timeout(ctx context.Context, op store.Operation, job *Job) (store.Operation, error) {
 	if op.Phase.AfterPointOfNoReturn() && op.State == status.InProgress {
-		if ok, line := e.verify(ctx, op, job); ok {
-			op, _, err := e.succeed(ctx, op, status.ReasonNone, "deadline passed after flashing; "+line)
-			return op, err
-		} else {
-			op, _, err := e.endWith(ctx, op, status.Failed, status.ReasonTimeout, "deadline passed after flashing; "+line)
+		ok, line := e.verify(ctx, op, job)
+		line = "deadline passed after flashing; " + line
+		if ok {
+			op, _, err := e.succeed(ctx, op, status.ReasonNone, line)
 			return op, err
 		}
+		op, _, err := e.endWith(ctx, op, status.Failed, status.ReasonTimeout, line)
+		return op, err
 	}
 	op, _, err := e.endWith(ctx, op, status.Failed, status.ReasonTimeout,
 		fmt.Sprintf("operation timed out (deadline %s)", op.Deadline.Format(time.RFC3339)))
