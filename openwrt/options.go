@@ -27,7 +27,11 @@ type Options struct {
 	KeepOverlay bool
 	// NoConfig (-n): do not save the configuration over the reflash; the
 	// device comes back with factory settings. Refused with KeepConfig or
-	// KeepOverlay.
+	// KeepOverlay. The device then also comes back with a new SSH host key
+	// (dropbear generates one on first boot), its factory password and no
+	// OpenWISP UUID: the host's CredentialsFunc must return credentials and a
+	// host key check that accept it, or the reconnection fails and the
+	// operation ends failed (unreachable-after-flash).
 	NoConfig bool
 	// SkipUnchanged (-u): skip from the backup the files that are equal to
 	// those in /rom. Only meaningful with KeepConfig or KeepOverlay.
