@@ -5,6 +5,7 @@ package openwrt_test
 
 import (
 	"context"
+	"slices"
 
 	"fmt"
 	"io"
@@ -130,13 +131,16 @@ func ctxT(t *testing.T) context.Context {
 	return ctx
 }
 
+// didFlash reports whether the device ran a flash: a sysupgrade other than
+// --test (matching command lines would also match image file names that
+// contain "sysupgrade").
 func didFlash(dev *devicesim.Device) bool {
-	for _, c := range dev.Commands() {
-		if strings.Contains(c, "sysupgrade") && !strings.Contains(c, "--test") {
+	for _, argv := range dev.Executed() {
+		if len(argv) > 0 && argv[0] == "sysupgrade" && !slices.Contains(argv, "--test") {
 			return true
 		}
 	}
-	return false
+	return dev.Flashed() > 0
 }
 
 func TestEngineUpgradeEndToEnd(t *testing.T) {
@@ -229,17 +233,18 @@ func TestEngineTimeoutAfterFlashingIsVerified(t *testing.T) {
 			t.Parallel()
 			f := newFleet(t, fleetOpts{
 				engine: func(c *upgrader.Config) {
-					c.OperationTimeout = 700 * time.Millisecond
+					c.OperationTimeout = 2 * time.Second
 					c.VerifyTimeout = 20 * time.Second
 				},
 				upgrader: func(c *openwrt.Config) {
 					c.UpgradeTimeout = 10 * time.Second
-					c.ReconnectMaxRetries = 40
+					c.ReconnectMaxRetries = 200 // a 10 s window: the 4 s reboot fits
 				},
 			})
-			// The device takes 1.5 s to reboot: the operation's deadline
+			// The device takes 4 s to reboot: the operation's deadline (2 s,
+			// ample for the steps before flashing even on a slow machine)
 			// passes while the upgrader waits for it.
-			d, dev := f.device(t, devicesim.Config{Faults: tc.faults, RebootDelay: 1500 * time.Millisecond})
+			d, dev := f.device(t, devicesim.Config{Faults: tc.faults, RebootDelay: 4 * time.Second})
 			op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 			require.NoError(t, err)
 			assert.Equal(t, tc.state, op.State, "reason %s", op.Reason)
@@ -287,8 +292,11 @@ func TestEngineCancelWhileUploading(t *testing.T) {
 		end, _ := f.eng.Run(ctx, op.ID)
 		done <- end
 	}()
+	// Cancel at the first progress report of the upload: most of the 24 MiB
+	// are still to be sent.
 	for ev := range events {
-		if ev.OperationID == op.ID && ev.Kind == upgrader.EventOperationPhase && ev.Phase == status.PhaseUpload {
+		if ev.OperationID == op.ID && ev.Kind == upgrader.EventOperationProgress &&
+			ev.Progress > status.ProgressChecksum && ev.Progress < status.ProgressUploaded {
 			break
 		}
 	}

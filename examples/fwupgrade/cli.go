@@ -339,6 +339,15 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sig <-cha
 		defer close(shown)
 		newDisplay(human).show(events)
 	}()
+	// A Ctrl-C that came while probing and preparing cancels the operation
+	// before it starts.
+	select {
+	case <-sig:
+		if _, err := eng.Cancel(ctx, op.ID); err == nil {
+			fmt.Fprintln(stderr, "fwupgrade: cancelled before the upgrade started")
+		}
+	default:
+	}
 	done := make(chan store.Operation, 1)
 	go func() {
 		end, err := eng.Run(context.WithoutCancel(ctx), op.ID)
