@@ -31,7 +31,7 @@ type Engine struct {
 	queue    []string        // operation IDs ready to run
 	queued   map[string]bool // IDs in queue or scheduled
 	timers   map[string]*time.Timer
-	running  map[string]context.CancelCauseFunc // attempts in flight
+	running  map[string]context.CancelCauseFunc // steps in flight (nil: no attempt context yet)
 	waiters  map[string][]chan struct{}         // Wait calls, by operation
 	wake     chan struct{}
 	workCtx  context.Context
@@ -434,7 +434,7 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error)
 			return op, err
 		}
 		e.mu.Lock()
-		if stop, ok := e.running[id]; ok {
+		if stop := e.running[id]; stop != nil {
 			stop(ErrCancelled)
 		}
 		if t, ok := e.timers[id]; ok {

@@ -852,3 +852,30 @@ func TestQueuedRetryTimesOutAtDeadline(t *testing.T) {
 	assert.Equal(t, status.ReasonTimeout, end.Reason)
 	assert.Equal(t, 1, b.fake.Attempts(op.ID))
 }
+
+// TestRunRacingWorkersRunsOneAttempt: a host calling Run on an operation
+// the workers also run never causes two attempts at once.
+func TestRunRacingWorkersRunsOneAttempt(t *testing.T) {
+	t.Parallel()
+	fake := &upgradertest.Fake{StepDelay: 5 * time.Millisecond}
+	b := setup(t, fake, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	require.NoError(t, b.eng.Start(ctx))
+	defer b.eng.Stop(ctx)
+	op, err := b.eng.Enqueue(ctx, upgrader.Request{DeviceID: b.device.ID, ImageID: b.image.ID})
+	require.NoError(t, err)
+	var wg sync.WaitGroup
+	for range 3 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			end, err := b.eng.Run(ctx, op.ID)
+			assert.NoError(t, err)
+			assert.Equal(t, status.Success, end.State)
+		}()
+	}
+	wg.Wait()
+	assert.Equal(t, 1, fake.Attempts(op.ID), "one attempt, however many callers")
+	assert.Equal(t, 1, fake.Flashed(op.ID))
+}

@@ -18,7 +18,6 @@ type reporter struct {
 
 var _ Reporter = (*reporter)(nil)
 
-
 func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 	if !p.Valid() || p == status.PhaseNone {
 		return fmt.Errorf("upgrader: unknown phase %q", p)

@@ -12,6 +12,10 @@ import (
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
+// busyRecheck is how soon a step finding the operation's previous step
+// still running in this engine looks again.
+const busyRecheck = 200 * time.Millisecond
+
 // writeTimeout bounds the store writes that end an operation when the
 // attempt's own context is already gone.
 const writeTimeout = 30 * time.Second
@@ -20,6 +24,23 @@ const writeTimeout = 30 * time.Second
 // operation afterwards and, when it is waiting for a retry, when that retry
 // is due. err is only a store failure.
 func (e *Engine) step(ctx context.Context, id string) (store.Operation, time.Time, error) {
+	// One step of an operation at a time in this engine: a Run racing the
+	// workers (or a second Run) waits instead of starting a second attempt
+	// against the same device.
+	e.mu.Lock()
+	if _, busy := e.running[id]; busy {
+		e.mu.Unlock()
+		op, err := e.store.Operation(ctx, id)
+		return op, e.cfg.Now().Add(busyRecheck), err
+	}
+	e.running[id] = nil // no attempt context yet
+	e.mu.Unlock()
+	defer func() {
+		e.mu.Lock()
+		delete(e.running, id)
+		e.mu.Unlock()
+	}()
+
 	op, err := e.store.Operation(ctx, id)
 	if err != nil || op.State.Terminal() {
 		return op, time.Time{}, err
@@ -93,11 +114,6 @@ func (e *Engine) step(ctx context.Context, id string) (store.Operation, time.Tim
 	e.mu.Lock()
 	e.running[id] = cancelCause
 	e.mu.Unlock()
-	defer func() {
-		e.mu.Lock()
-		delete(e.running, id)
-		e.mu.Unlock()
-	}()
 
 	job := &Job{Operation: started, Device: d, Image: img, Report: &reporter{e: e, op: started}}
 	uerr := e.callUpgrade(actx, u, job)
