@@ -60,10 +60,10 @@ func (a *attempt) upload(ctx context.Context) error {
 			continue
 		}
 		if err != nil {
+			a.uploaded = true // a partial file may be there: cleanup removes it
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
-			a.uploaded = true // a partial file may be there
 			if cause := context.Cause(uctx); errors.Is(cause, upgrader.ErrCancelled) {
 				a.logf(ctx, "Upload stopped: the operation was cancelled")
 				return cause

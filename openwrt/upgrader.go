@@ -300,12 +300,6 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	if err != nil {
 		return transportError(ctx, "read the boot id", err)
 	}
-	if _, err := a.exec(ctx, command("rm", "-f", ConfigChecksumFile)); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, err)
-	}
 	if err := a.job.Report.Cancelled(ctx); err != nil {
 		return err
 	}
@@ -315,6 +309,14 @@ func (a *attempt) upgrade(ctx context.Context) error {
 		return err
 	}
 	a.flashing = true
+	// Only now that the flash is decided: a cancel that won leaves the
+	// device untouched.
+	if _, err := a.exec(ctx, command("rm", "-f", ConfigChecksumFile)); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, err)
+	}
 	if err := a.flash(ctx); err != nil {
 		return err
 	}

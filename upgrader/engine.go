@@ -85,6 +85,18 @@ func (e *Engine) Start(ctx context.Context) error {
 		e.mu.Unlock()
 		return errors.New("upgrader: Start after Stop")
 	}
+	e.mu.Unlock()
+
+	// Read what to resume first: if that fails, Start can be called again.
+	ops, err := e.store.ListOperations(ctx, store.OperationFilter{States: []status.State{status.Pending, status.InProgress}})
+	if err != nil {
+		return fmt.Errorf("upgrader: resume operations: %w", err)
+	}
+	e.mu.Lock()
+	if e.started || e.stopped {
+		e.mu.Unlock()
+		return nil // a concurrent Start won, or Stop came first
+	}
 	e.started = true
 	e.workCtx, e.workStop = context.WithCancelCause(context.Background())
 	for i := 0; i < e.cfg.Workers; i++ {
@@ -92,11 +104,6 @@ func (e *Engine) Start(ctx context.Context) error {
 		go e.worker()
 	}
 	e.mu.Unlock()
-
-	ops, err := e.store.ListOperations(ctx, store.OperationFilter{States: []status.State{status.Pending, status.InProgress}})
-	if err != nil {
-		return fmt.Errorf("upgrader: resume operations: %w", err)
-	}
 	for _, op := range ops {
 		e.schedule(op.ID, op.NextAttemptAt)
 	}
@@ -138,7 +145,9 @@ func (e *Engine) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		e.workStop(errStopping) // interrupts the workers' attempts
+		if started {
+			e.workStop(errStopping) // interrupts the workers' attempts
+		}
 		<-done
 	}
 	if started {
@@ -374,13 +383,16 @@ func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 			}
 		}
 		if wait > 0 {
+			woken := e.waiter(id) // closed when the operation ends here, e.g. by Cancel
 			t := time.NewTimer(wait)
 			select {
 			case <-t.C:
+			case <-woken:
 			case <-ctx.Done():
-				t.Stop()
 				// the loop's next step sees ctx done and ends the operation
 			}
+			t.Stop()
+			e.dropWaiter(id, woken)
 		}
 	}
 }

@@ -59,24 +59,28 @@ type hub struct {
 	mu      sync.Mutex
 	subs    map[*subscriber]struct{}
 	dropped uint64 // total over all subscribers
+	closed  bool   // after closeAll: new subscriptions start closed
 }
 
 func (h *hub) subscribe(buffer int) (<-chan Event, func()) {
 	s := &subscriber{ch: make(chan Event, buffer)}
 	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		close(s.ch)
+		return s.ch, func() {}
+	}
 	if h.subs == nil {
 		h.subs = map[*subscriber]struct{}{}
 	}
 	h.subs[s] = struct{}{}
-	h.mu.Unlock()
-	var once sync.Once
 	return s.ch, func() {
-		once.Do(func() {
-			h.mu.Lock()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if _, ok := h.subs[s]; ok { // not already closed by closeAll
 			delete(h.subs, s)
 			close(s.ch)
-			h.mu.Unlock()
-		})
+		}
 	}
 }
 
@@ -99,6 +103,7 @@ func (h *hub) publish(ev Event) {
 func (h *hub) closeAll() {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.closed = true
 	for s := range h.subs {
 		close(s.ch)
 		delete(h.subs, s)
@@ -110,7 +115,9 @@ func (h *hub) closeAll() {
 // capacity (0 = Config.EventBuffer). A subscriber that does not keep up
 // never slows upgrades down: events that do not fit are dropped, and the
 // next event it receives says how many in Event.Dropped. Subscriptions end
-// when Stop returns.
+// (their channels close) when Stop returns; a Subscribe after Stop returns a
+// closed channel. The unsubscribe function may be called any number of
+// times, before or after Stop.
 func (e *Engine) Subscribe(buffer int) (<-chan Event, func()) {
 	if buffer <= 0 {
 		buffer = e.cfg.EventBuffer

@@ -41,7 +41,15 @@ func (e *Engine) step(ctx context.Context, id string) (store.Operation, time.Tim
 		e.mu.Unlock()
 	}()
 
-	op, err := e.store.Operation(ctx, id)
+	rctx := ctx
+	if ctx.Err() != nil {
+		// The caller gave up (or the engine stops): still read the
+		// operation, to end it or leave it resumable.
+		var cancel context.CancelFunc
+		rctx, cancel = writeContext(ctx)
+		defer cancel()
+	}
+	op, err := e.store.Operation(rctx, id)
 	if err != nil || op.State.Terminal() {
 		return op, time.Time{}, err
 	}
@@ -162,7 +170,7 @@ func (e *Engine) finish(ctx, actx context.Context, started store.Operation, u Up
 	case kind == KindNotNeeded:
 		return e.succeed(wctx, op, reason, fmt.Sprintf("not needed: %v", uerr))
 	case actx.Err() != nil && ctx.Err() == nil && errors.Is(cause, context.DeadlineExceeded):
-		op, err := e.timeout(wctx, op, job)
+		op, err := e.timeout(ctx, op, job) // ctx: a Stop interrupts the verification
 		return op, time.Time{}, err
 	case errors.Is(cause, errStopping) || ctx.Err() != nil:
 		return e.interrupted(actx, op)
@@ -185,7 +193,7 @@ func (e *Engine) finish(ctx, actx context.Context, started store.Operation, u Up
 				reason, uerr, d.Round(time.Millisecond), op.Attempt, e.cfg.Retry.MaxRetries)
 			upd, err := e.store.UpdateOperation(wctx, op.ID, store.OperationUpdate{
 				From: status.InProgress, Phase: store.Ptr(status.PhaseNone), Progress: store.Ptr(0),
-				Reason: reason, NextAttemptAt: &at, Log: []string{line},
+				NextAttemptAt: &at, Log: []string{line},
 			})
 			if errors.Is(err, store.ErrInvalidTransition) {
 				op, err := e.store.Operation(wctx, op.ID)
@@ -215,7 +223,7 @@ func (e *Engine) finish(ctx, actx context.Context, started store.Operation, u Up
 func (e *Engine) interrupted(ctx context.Context, op store.Operation) (store.Operation, time.Time, error) {
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	if errors.Is(context.Cause(ctx), errStopping) {
+	if stopping(ctx) {
 		// Leave it resumable by the next Start: a retry before flashing, a
 		// verification after.
 		if !op.Phase.AfterPointOfNoReturn() && op.State == status.InProgress {
@@ -242,6 +250,9 @@ func (e *Engine) interrupted(ctx context.Context, op store.Operation) (store.Ope
 func (e *Engine) timeout(ctx context.Context, op store.Operation, job *Job) (store.Operation, error) {
 	if op.Phase.AfterPointOfNoReturn() && op.State == status.InProgress {
 		ok, line := e.verify(ctx, op, job)
+		if !ok && stopping(ctx) {
+			return op, nil // left for the next Start to verify
+		}
 		line = "deadline passed after flashing; " + line
 		if ok {
 			op, _, err := e.succeed(ctx, op, status.ReasonNone, line)
@@ -257,8 +268,16 @@ func (e *Engine) timeout(ctx context.Context, op store.Operation, job *Job) (sto
 
 // verify asks the device's Verifier whether the flash succeeded. It returns
 // the verdict and a log line.
+//
+// The verification ends with ctx (a Stop interrupts it, see stopping),
+// except when ctx is already done on entry: a caller that gave up still gets
+// its operation verified, within Config.VerifyTimeout.
 func (e *Engine) verify(ctx context.Context, op store.Operation, job *Job) (bool, string) {
-	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), e.cfg.VerifyTimeout)
+	base := ctx
+	if ctx.Err() != nil {
+		base = context.WithoutCancel(ctx)
+	}
+	vctx, cancel := context.WithTimeout(base, e.cfg.VerifyTimeout)
 	defer cancel()
 	if job == nil {
 		d, err := e.store.Device(vctx, op.DeviceID)
@@ -295,11 +314,21 @@ func (e *Engine) verifyInterrupted(ctx context.Context, op store.Operation, u Up
 	if ok {
 		return e.succeed(ctx, op, status.ReasonNone, line)
 	}
+	if stopping(ctx) {
+		return op, time.Time{}, nil // left for the next Start to verify
+	}
 	return e.endWith(ctx, op, status.Failed, status.ReasonWorkerLost, line)
+}
+
+// stopping reports whether ctx ended because the engine is stopping.
+func stopping(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), errStopping)
 }
 
 // succeed ends op in success and records the device's firmware.
 func (e *Engine) succeed(ctx context.Context, op store.Operation, reason status.Reason, line string) (store.Operation, time.Time, error) {
+	ctx, cancel := writeContext(ctx)
+	defer cancel()
 	end, _, err := e.endWith(ctx, op, status.Success, reason, line)
 	if err != nil || end.State != status.Success {
 		return end, time.Time{}, err
@@ -312,19 +341,34 @@ func (e *Engine) succeed(ctx context.Context, op store.Operation, reason status.
 }
 
 // endWith moves op into a terminal state. If the operation changed
-// meanwhile (a cancel won), it returns the operation as it is.
+// meanwhile (a cancel won, another step moved it), it looks again a few
+// times: an operation that ended is returned as it is; one that went past
+// the point of no return can only end failed, not cancelled or aborted.
 func (e *Engine) endWith(ctx context.Context, op store.Operation, to status.State, reason status.Reason, line string) (store.Operation, time.Time, error) {
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	if to == status.Aborted && op.Phase.AfterPointOfNoReturn() {
-		to = status.Failed
-	}
-	u := store.OperationUpdate{From: op.State, State: to, Reason: reason, Log: []string{line}}
-	if to == status.Success {
-		u.Progress = store.Ptr(status.ProgressDone)
-	}
-	end, err := e.store.UpdateOperation(wctx, op.ID, u)
-	if errors.Is(err, store.ErrInvalidTransition) {
+	var err error
+	for range 5 {
+		target := to
+		if (target == status.Aborted || target == status.Cancelled) && op.Phase.AfterPointOfNoReturn() {
+			target = status.Failed
+		}
+		u := store.OperationUpdate{From: op.State, State: target, Reason: reason, Log: []string{line}}
+		if target == status.Success {
+			u.Progress = store.Ptr(status.ProgressDone)
+		}
+		var end store.Operation
+		end, err = e.store.UpdateOperation(wctx, op.ID, u)
+		if err == nil {
+			e.logEvent(end, line)
+			e.published(end, EventOperationState)
+			e.log.Info("operation ended", slog.String("operation", end.ID), slog.String("device", end.DeviceID),
+				slog.String("state", string(end.State)), slog.String("reason", string(end.Reason)))
+			return end, time.Time{}, nil
+		}
+		if !errors.Is(err, store.ErrInvalidTransition) {
+			return op, time.Time{}, err
+		}
 		cur, gerr := e.store.Operation(wctx, op.ID)
 		if gerr != nil {
 			return op, time.Time{}, gerr
@@ -332,16 +376,9 @@ func (e *Engine) endWith(ctx context.Context, op store.Operation, to status.Stat
 		if cur.State.Terminal() {
 			return cur, time.Time{}, nil
 		}
-		return e.endWith(wctx, cur, to, reason, line)
+		op = cur
 	}
-	if err != nil {
-		return op, time.Time{}, err
-	}
-	e.logEvent(end, line)
-	e.published(end, EventOperationState)
-	e.log.Info("operation ended", slog.String("operation", end.ID), slog.String("device", end.DeviceID),
-		slog.String("state", string(end.State)), slog.String("reason", string(end.Reason)))
-	return end, time.Time{}, nil
+	return op, time.Time{}, fmt.Errorf("upgrader: ending operation %s: it kept changing: %w", op.ID, err)
 }
 
 func (e *Engine) logEvent(op store.Operation, line string) {
