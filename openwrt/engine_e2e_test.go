@@ -280,35 +280,47 @@ func TestEngineCancelPending(t *testing.T) {
 
 func TestEngineCancelWhileUploading(t *testing.T) {
 	t.Parallel()
-	f := newFleet(t, fleetOpts{imageSize: 24 << 20})
-	d, dev := f.device(t, devicesim.Config{SCP: true, Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}})
-	ctx := ctxT(t)
-	events, unsub := f.eng.Subscribe(4096)
-	defer unsub()
-	op, err := f.eng.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
-	require.NoError(t, err)
-	done := make(chan store.Operation, 1)
-	go func() {
-		end, _ := f.eng.Run(ctx, op.ID)
-		done <- end
-	}()
-	// Cancel at the first progress report of the upload: most of the 24 MiB
-	// are still to be sent.
-	for ev := range events {
-		if ev.OperationID == op.ID && ev.Kind == upgrader.EventOperationProgress &&
-			ev.Progress > status.ProgressChecksum && ev.Progress < status.ProgressUploaded {
-			break
-		}
+	for _, tc := range []struct {
+		name string
+		sim  devicesim.Config
+	}{{"sftp", devicesim.Config{SFTP: true}}, {"scp", devicesim.Config{SCP: true}}, {"cat", devicesim.Config{}}} {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			f := newFleet(t, fleetOpts{imageSize: 24 << 20})
+			sim := tc.sim
+			sim.Faults.LowMemoryUntilServicesStopped = true
+			d, dev := f.device(t, sim)
+			ctx := ctxT(t)
+			events, unsub := f.eng.Subscribe(4096)
+			defer unsub()
+			op, err := f.eng.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
+			require.NoError(t, err)
+			done := make(chan store.Operation, 1)
+			go func() {
+				end, _ := f.eng.Run(ctx, op.ID)
+				done <- end
+			}()
+			// Cancel at the first progress report of the upload: most of the
+			// 24 MiB are still to be sent.
+			for ev := range events {
+				if ev.OperationID == op.ID && ev.Kind == upgrader.EventOperationProgress &&
+					ev.Progress > status.ProgressChecksum && ev.Progress < status.ProgressUploaded {
+					break
+				}
+			}
+			_, err = f.eng.Cancel(ctx, op.ID)
+			require.NoError(t, err)
+			end := <-done
+			assert.Equal(t, status.Cancelled, end.State)
+			assert.False(t, didFlash(dev))
+			for svc, running := range dev.Services() {
+				assert.True(t, running, "service %s restarted after the cancel", svc)
+			}
+			_, left := dev.File("/tmp/" + f.image.Name)
+			assert.False(t, left, "the partial image is removed from the device's RAM")
+			assert.Equal(t, devicesim.DefaultRelease, dev.Release())
+		})
 	}
-	_, err = f.eng.Cancel(ctx, op.ID)
-	require.NoError(t, err)
-	end := <-done
-	assert.Equal(t, status.Cancelled, end.State)
-	assert.False(t, didFlash(dev))
-	for svc, running := range dev.Services() {
-		assert.True(t, running, "service %s restarted after the cancel", svc)
-	}
-	assert.Equal(t, devicesim.DefaultRelease, dev.Release())
 }
 
 func TestEngineCancelRefusedWhileFlashing(t *testing.T) {

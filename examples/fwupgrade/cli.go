@@ -349,11 +349,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sig <-cha
 	default:
 	}
 	done := make(chan store.Operation, 1)
+	var runErr error
 	go func() {
 		end, err := eng.Run(context.WithoutCancel(ctx), op.ID)
-		if err != nil {
-			fmt.Fprintln(stderr, "fwupgrade:", err)
-		}
+		runErr = err // read after done
 		done <- end
 	}()
 	var end store.Operation
@@ -377,6 +376,13 @@ wait:
 	unsubscribe()
 	<-shown
 
+	if runErr != nil {
+		fmt.Fprintln(stderr, "fwupgrade:", runErr)
+		res.Error = runErr.Error()
+		if end.State == "" {
+			end.State = status.Failed // unknown: never report success
+		}
+	}
 	res.State, res.Reason, res.Phase = string(end.State), string(end.Reason), string(end.Phase)
 	res.Progress, res.Attempts = end.Progress, end.Attempt
 	if logs, err := eng.Store().Logs(context.WithoutCancel(ctx), op.ID, 0, 0); err == nil {
