@@ -60,8 +60,12 @@ func (e *EntryError) Is(target error) bool { return target == ErrInvalidEntry }
 // # Matching rules
 //
 // A device is described by its model (/tmp/sysinfo/model) and its board name
-// (/tmp/sysinfo/board_name). An image type fits the device when the model is
-// one of the entry's Boards or the board name is one of its BoardNames.
+// (/tmp/sysinfo/board_name). The board name is the stronger key: when the
+// device reports a board name and the entry lists board names, the image
+// type fits only if the board name is one of them, whatever the model says
+// (a "TP-Link Archer C7 v2" model on board "tplink,archer-c7-v5" does not fit
+// the v2 image). Otherwise the type fits when the model is one of the entry's
+// Boards or the board name is one of its BoardNames.
 // Strings are compared after trimming surrounding white space (unicode.IsSpace)
 // and case-insensitively (both sides lowered with strings.ToLower);
 // inner white space must match exactly. Empty strings never match anything.
@@ -195,8 +199,13 @@ func (m *Map) Fits(imageType, model, boardName string) bool {
 		return false
 	}
 	e, ok := m.entries[imageType]
-	if !ok {
-		return false
+	return ok && fits(e.Entry, model, boardName)
+}
+
+// fits applies the matching rules of Map to one entry.
+func fits(e Entry, model, boardName string) bool {
+	if fold(boardName) != "" && len(e.BoardNames) > 0 {
+		return matchAny(e.BoardNames, boardName) > 0
 	}
 	return matchAny(e.BoardNames, boardName) > 0 || matchAny(e.Boards, model) > 0
 }
@@ -224,6 +233,9 @@ func (m *Map) TypesFor(model, boardName string) []string {
 			}
 			seen[typ] = true
 			e := m.entries[typ]
+			if !fits(e.Entry, model, boardName) {
+				continue // the model matches, but the board name contradicts it
+			}
 			cands = append(cands, cand{
 				typ:   typ,
 				layer: e.layer,

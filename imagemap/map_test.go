@@ -81,7 +81,7 @@ func TestMatchingRules(t *testing.T) {
 		{"exact model", "Acme X1 v2", "", true},
 		{"exact board name", "", "acme,x1-v2", true},
 		{"both", "Acme X1 v2", "acme,x1-v2", true},
-		{"model only, other board name", "Acme X1 v2", "other,board", true},
+		{"model only, other board name: the board name decides", "Acme X1 v2", "other,board", false},
 		{"board name only, other model", "Other", "acme,x1-v2", true},
 		{"model case differs", "ACME x1 V2", "", true},
 		{"board name case differs", "", "ACME,X1-V2", true},
@@ -251,4 +251,24 @@ func TestTypeFromFileName(t *testing.T) {
 	} {
 		assert.Equal(t, want, imagemap.TypeFromFileName(in), in)
 	}
+}
+
+// TestBoardNameVetoesModel: a device whose board name is known and listed by
+// no board name of an entry does not fit it through its model alone.
+func TestBoardNameVetoesModel(t *testing.T) {
+	t.Parallel()
+	m, err := imagemap.New(map[string]imagemap.Entry{
+		"ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin": {
+			Boards: []string{"TP-Link Archer C7 v2"}, BoardNames: []string{"tplink,archer-c7-v2"}, Target: "ath79/generic"},
+		"ar71xx-generic-archer-c7-v2-squashfs-sysupgrade.bin": {
+			Boards: []string{"TP-Link Archer C7 v2"}, Target: "ar71xx/generic"},
+	})
+	require.NoError(t, err)
+	const v2 = "ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
+	assert.True(t, m.Fits(v2, "TP-Link Archer C7 v2", "tplink,archer-c7-v2"))
+	assert.True(t, m.Fits(v2, "", "tplink,archer-c7-v2"))
+	assert.True(t, m.Fits(v2, "TP-Link Archer C7 v2", ""), "no board name: the model decides")
+	assert.False(t, m.Fits(v2, "TP-Link Archer C7 v2", "tplink,archer-c7-v5"), "the board name contradicts the model")
+	assert.Equal(t, []string{"ar71xx-generic-archer-c7-v2-squashfs-sysupgrade.bin"},
+		m.TypesFor("TP-Link Archer C7 v2", "tplink,archer-c7-v5"), "only the entry without board names is left to the model")
 }

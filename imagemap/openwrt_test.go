@@ -77,8 +77,12 @@ func TestOpenWrtLookups(t *testing.T) {
 	)
 	// An ath79 device: both targets know the model, ath79 wins.
 	assert.Equal(t, []string{athC7, arC7}, m.TypesFor("TP-Link Archer C7 v2", "tplink,archer-c7-v2"))
-	// An ar71xx device (old board name): ath79 still ranks first.
-	assert.Equal(t, []string{athC7, arC7}, m.TypesFor("TP-LINK Archer C7 v2", "archer-c7"))
+	// An ar71xx device (old board name "archer-c7"): the ath79 image lists
+	// board names and "archer-c7" is not one of them, so only the ar71xx
+	// image fits. Moving from ar71xx to ath79 needs a deliberate choice
+	// (sysupgrade -F and a configuration reset), never a model match.
+	assert.Equal(t, []string{arC7}, m.TypesFor("TP-LINK Archer C7 v2", "archer-c7"))
+	assert.False(t, m.Fits(athC7, "TP-LINK Archer C7 v2", "archer-c7"))
 	assert.True(t, m.Fits(athC7, "", "tplink,archer-c7-v2"))
 	assert.False(t, m.Fits(athC7b, "TP-Link Archer C7 v2", "tplink,archer-c7-v2"), "v5 image must not fit a v2")
 	assert.Equal(t, []string{"TP-Link Archer C7 v2"}, m.Boards(athC7))
