@@ -76,6 +76,10 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 		next.Phase = *u.Phase
 	}
 	if u.Progress != nil {
+		if next.State != status.InProgress && next.State != status.Success {
+			return op, fmt.Errorf("%w: operation %s would be %s; progress is only set while in progress (or at success)",
+				ErrInvalidTransition, op.ID, next.State)
+		}
 		next.Progress = *u.Progress
 	}
 	if u.Attempt != nil {
@@ -87,8 +91,12 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 	if u.Deadline != nil {
 		next.Deadline = *u.Deadline
 	}
-	next.Version++
-	next.UpdatedAt = now
+	onlyLog := (u.State == "" || u.State == op.State) && u.Phase == nil && u.Progress == nil &&
+		u.Attempt == nil && u.NextAttemptAt == nil && u.Deadline == nil
+	if !onlyLog { // Version counts changes of the record; logs excepted
+		next.Version++
+		next.UpdatedAt = now
+	}
 	return next, nil
 }
 
@@ -106,13 +114,28 @@ func CheckProgress(op Operation, percent int) error {
 
 // NextBatchState returns the state a batch in state cur moves to when its
 // operations are counted as c: the derived state, except that a paused batch
-// stays paused while operations remain to run.
+// stays paused while operations remain to run, and an idle batch stays idle
+// while none of its operations has started (some may have been cancelled).
 func NextBatchState(cur status.BatchState, c status.Counts) status.BatchState {
 	d := status.DeriveBatchState(c)
 	if cur == status.BatchPaused && d == status.BatchInProgress {
 		return status.BatchPaused
 	}
+	if cur == status.BatchIdle && d == status.BatchInProgress && c[status.InProgress] == 0 &&
+		c[status.Success]+c[status.Failed]+c[status.Aborted] == 0 {
+		// Nothing has run yet: operations only waited or were cancelled.
+		return status.BatchIdle
+	}
 	return d
+}
+
+// CheckBatchJoin validates adding an operation to an existing batch with
+// CreateOperation: a batch that ended takes no more operations.
+func CheckBatchJoin(b Batch) error {
+	if b.State.Terminal() {
+		return fmt.Errorf("%w: batch %s is %s and takes no more operations", ErrInvalidTransition, b.ID, b.State)
+	}
+	return nil
 }
 
 // CheckBatchStateChange validates an explicit SetBatchState call.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"strings"
 	"time"
+	"unicode"
 	"unicode/utf8"
 
 	"github.com/google/uuid"
@@ -182,6 +183,34 @@ func checkText(record, field, v string, required bool, maxLen int) error {
 	return nil
 }
 
+// checkField checks a field of a validation table: those limited to
+// MaxIDLen are IDs (or organizations) and get checkID's rules.
+func checkField(record, field, v string, required bool, maxLen int) error {
+	if maxLen == MaxIDLen {
+		return checkID(record, field, v, required)
+	}
+	return checkText(record, field, v, required, maxLen)
+}
+
+// checkID checks an ID field: a non-empty one must not have surrounding
+// white space or control characters, so that two IDs that print alike are
+// the same ID.
+func checkID(record, field, v string, required bool) error {
+	if err := checkText(record, field, v, required, MaxIDLen); err != nil {
+		return err
+	}
+	if v == "" {
+		return nil
+	}
+	if strings.TrimSpace(v) != v {
+		return invalid(record, field, "has surrounding white space: %q", v)
+	}
+	if strings.IndexFunc(v, unicode.IsControl) >= 0 {
+		return invalid(record, field, "contains a control character: %q", v)
+	}
+	return nil
+}
+
 func checkOptions(record string, o json.RawMessage) error {
 	if len(o) == 0 {
 		return nil
@@ -193,15 +222,18 @@ func checkOptions(record string, o json.RawMessage) error {
 	if err := json.Unmarshal(o, &m); err != nil || m == nil {
 		return invalid(record, "Options", "is not a JSON object")
 	}
+	if !utf8.Valid(o) || strings.Contains(string(o), `\u0000`) {
+		return invalid(record, "Options", "holds invalid UTF-8 or a NUL character")
+	}
 	return nil
 }
 
 // Validate checks the fields a caller sets. Stores call it before any write.
 func (c Category) Validate() error {
-	if err := checkText("category", "ID", c.ID, false, MaxIDLen); err != nil {
+	if err := checkID("category", "ID", c.ID, false); err != nil {
 		return err
 	}
-	if err := checkText("category", "Organization", c.Organization, false, MaxIDLen); err != nil {
+	if err := checkID("category", "Organization", c.Organization, false); err != nil {
 		return err
 	}
 	if err := checkText("category", "Name", c.Name, true, MaxNameLen); err != nil {
@@ -223,7 +255,7 @@ func (b Build) Validate() error {
 		{"OSIdentifier", b.OSIdentifier, false, MaxOSIdentifierLen},
 		{"Changelog", b.Changelog, false, MaxTextLen},
 	} {
-		if err := checkText("build", f.name, f.v, f.required, f.max); err != nil {
+		if err := checkField("build", f.name, f.v, f.required, f.max); err != nil {
 			return err
 		}
 	}
@@ -242,7 +274,7 @@ func (im Image) Validate() error {
 		{"Type", im.Type, true, MaxImageTypeLen},
 		{"Name", im.Name, true, MaxImageTypeLen},
 	} {
-		if err := checkText("image", f.name, f.v, f.required, f.max); err != nil {
+		if err := checkField("image", f.name, f.v, f.required, f.max); err != nil {
 			return err
 		}
 	}
@@ -284,7 +316,7 @@ func (d Device) Validate() error {
 		{"Connection", d.Connection, false, MaxNameLen},
 		{"Address", d.Address, false, MaxNameLen},
 	} {
-		if err := checkText("device", f.name, f.v, f.required, f.max); err != nil {
+		if err := checkField("device", f.name, f.v, f.required, f.max); err != nil {
 			return err
 		}
 	}
@@ -293,10 +325,10 @@ func (d Device) Validate() error {
 
 // Validate checks the fields a caller sets.
 func (df DeviceFirmware) Validate() error {
-	if err := checkText("device firmware", "DeviceID", df.DeviceID, true, MaxIDLen); err != nil {
+	if err := checkID("device firmware", "DeviceID", df.DeviceID, true); err != nil {
 		return err
 	}
-	return checkText("device firmware", "ImageID", df.ImageID, true, MaxIDLen)
+	return checkID("device firmware", "ImageID", df.ImageID, true)
 }
 
 // Validate checks the fields a caller sets when creating a batch.
@@ -311,7 +343,7 @@ func (b Batch) Validate() error {
 		{"BuildID", b.BuildID, true, MaxIDLen},
 		{"Name", b.Name, false, MaxNameLen},
 	} {
-		if err := checkText("batch", f.name, f.v, f.required, f.max); err != nil {
+		if err := checkField("batch", f.name, f.v, f.required, f.max); err != nil {
 			return err
 		}
 	}
@@ -332,7 +364,7 @@ func (op Operation) Validate() error {
 		{"ImageID", op.ImageID, true},
 		{"BatchID", op.BatchID, false},
 	} {
-		if err := checkText("operation", f.name, f.v, f.required, MaxIDLen); err != nil {
+		if err := checkID("operation", f.name, f.v, f.required); err != nil {
 			return err
 		}
 	}

@@ -188,7 +188,9 @@ type Operations interface {
 	// CreateOperation stores a new pending operation. The device and image
 	// must exist (ErrNotFound); the image must be shared or of the device's
 	// organization (ErrOrganizationMismatch); a device with a non-terminal
-	// operation is ErrDeviceBusy.
+	// operation is ErrDeviceBusy. With a BatchID the operation joins that
+	// batch, checked as by CreateBatch; a batch that ended takes no more
+	// operations (ErrInvalidTransition).
 	CreateOperation(ctx context.Context, op Operation) (Operation, error)
 	Operation(ctx context.Context, id string) (Operation, error)
 	ListOperations(ctx context.Context, f OperationFilter) ([]Operation, error)

@@ -240,5 +240,33 @@ func batchTests() []test {
 				assert.Equal(t, org, ops[0].Organization)
 			}
 		}},
+		{"IdleUntilAnOperationStarts", func(t *testing.T, f *fixture) {
+			b, ops := f.newBatch("org-a", 3)
+			f.update(ops[0].ID, store.OperationUpdate{From: status.Pending, State: status.Cancelled, Reason: status.ReasonCancelledByUser})
+			got := f.batch(b.ID)
+			assert.Equal(t, status.BatchIdle, got.State, "only waiting and cancelled operations: nothing ran")
+			assert.Equal(t, map[status.State]int{status.Pending: 2, status.Cancelled: 1}, nonZero(got.Counts))
+			f.start(ops[1].ID, status.PhaseConnecting)
+			assert.Equal(t, status.BatchInProgress, f.batch(b.ID).State)
+		}},
+		{"JoinWithCreateOperation", func(t *testing.T, f *fixture) {
+			b, ops := f.newBatch("org-a", 1)
+			op := store.Operation{DeviceID: f.device("org-a").ID, ImageID: ops[0].ImageID, BatchID: b.ID}
+			joined, err := f.s.CreateOperation(f.ctx, op)
+			require.NoError(t, err)
+			assert.Equal(t, b.ID, joined.BatchID)
+			assert.Equal(t, map[status.State]int{status.Pending: 2}, nonZero(f.batch(b.ID).Counts))
+		}},
+		{"EndedBatchTakesNoOperation", func(t *testing.T, f *fixture) {
+			b, ops := f.newBatch("org-a", 1)
+			f.drive(ops[0].ID, status.Success, status.PhaseVerifying)
+			require.Equal(t, status.BatchSuccess, f.batch(b.ID).State)
+			op := store.Operation{DeviceID: f.device("org-a").ID, ImageID: ops[0].ImageID, BatchID: b.ID}
+			snap := f.snapshot()
+			_, err := f.s.CreateOperation(f.ctx, op)
+			require.ErrorIs(t, err, store.ErrInvalidTransition)
+			f.requireUnchanged(snap)
+			assert.Equal(t, status.BatchSuccess, f.batch(b.ID).State, "an ended batch is not reopened")
+		}},
 	}
 }

@@ -142,6 +142,15 @@ func invalidCases() []invalidCase {
 		{"DeviceEmptyID", func(f *fixture, w *world) error {
 			return ignore(f.s.PutDevice(f.ctx, store.Device{Organization: "org-a"}))
 		}, store.ErrInvalid, "ID"},
+		{"DeviceIDSurroundingSpace", func(f *fixture, w *world) error {
+			return ignore(f.s.PutDevice(f.ctx, store.Device{ID: " dev-1", Organization: "org-a"}))
+		}, store.ErrInvalid, "ID"},
+		{"DeviceIDControlCharacter", func(f *fixture, w *world) error {
+			return ignore(f.s.PutDevice(f.ctx, store.Device{ID: "dev\x1b[31m1", Organization: "org-a"}))
+		}, store.ErrInvalid, "ID"},
+		{"CategoryOrganizationTrailingNewline", func(f *fixture, w *world) error {
+			return ignore(f.s.CreateCategory(f.ctx, store.Category{Organization: "org-a\n", Name: "x"}))
+		}, store.ErrInvalid, "Organization"},
 		{"DeviceNameTooLong", func(f *fixture, w *world) error {
 			return ignore(f.s.PutDevice(f.ctx, store.Device{ID: "new", Name: long(store.MaxNameLen + 1)}))
 		}, store.ErrInvalid, "Name"},

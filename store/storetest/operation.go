@@ -271,6 +271,28 @@ func transitionTests() []test {
 			require.ErrorIs(t, err, store.ErrInvalidTransition)
 			assert.Equal(t, v+3, f.get(op.ID).Version, "a refused update does not count")
 		}},
+		{"LogOnlyUpdateKeepsVersion", func(t *testing.T, f *fixture) {
+			op := f.start(f.newOp("org-a").ID, status.PhaseConnecting)
+			got := f.update(op.ID, store.OperationUpdate{From: status.InProgress, Log: []string{"only a log line"}})
+			assert.Equal(t, op.Version, got.Version, "Version counts changes of the record, logs excepted")
+			logs, err := f.s.Logs(f.ctx, op.ID, 0, 0)
+			require.NoError(t, err)
+			require.NotEmpty(t, logs)
+			assert.Equal(t, "only a log line", logs[len(logs)-1].Line)
+		}},
+		{"ProgressOnlyInProgressOrAtSuccess", func(t *testing.T, f *fixture) {
+			op := f.newOp("org-a")
+			before := f.snapshot()
+			_, err := f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: status.Pending, Progress: store.Ptr(50)})
+			require.ErrorIs(t, err, store.ErrInvalidTransition, "a pending operation has no progress")
+			f.requireUnchanged(before)
+			_, err = f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: status.Pending, State: status.Cancelled,
+				Reason: status.ReasonCancelledByUser, Progress: store.Ptr(50)})
+			require.ErrorIs(t, err, store.ErrInvalidTransition, "nor a cancelled one")
+			f.start(op.ID, status.PhaseConnecting)
+			done := f.update(op.ID, store.OperationUpdate{From: status.InProgress, State: status.Success, Progress: store.Ptr(100)})
+			assert.Equal(t, 100, done.Progress)
+		}},
 		{"FieldsApplied", func(t *testing.T, f *fixture) {
 			op := f.newOp("org-a")
 			next := time.Now().Add(time.Minute).UTC().Truncate(time.Millisecond)

@@ -82,6 +82,9 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 		if br, ok = s.batches[op.BatchID]; !ok {
 			return store.Operation{}, notFound("batch", op.BatchID)
 		}
+		if err := store.CheckBatchJoin(br.b); err != nil {
+			return store.Operation{}, err
+		}
 	}
 	var b *store.Batch
 	if br != nil {
