@@ -98,9 +98,14 @@ func (f *file) info(p string) FileInfo {
 	return fi
 }
 
+// noPath is what an empty path argument resolves to: a path no file can
+// have (a NUL byte), so that, as on a real system, '' names nothing and
+// "rm -rf ''" removes nothing.
+const noPath = "/\x00"
+
 func cleanPath(p string) string {
 	if p == "" {
-		return "/"
+		return noPath
 	}
 	if !strings.HasPrefix(p, "/") {
 		p = "/root/" + p

@@ -89,12 +89,14 @@ func tokenize(s string) ([]token, error) {
 				return nil, errors.New("unterminated quoted string")
 			}
 		case ch == '\\':
+			if i+1 < len(s) && s[i+1] == '\n' {
+				i++ // a line continuation is nothing, not even an empty word
+				continue
+			}
 			inWord, quoted = true, true
 			if i+1 < len(s) {
 				i++
-				if s[i] != '\n' {
-					word.WriteByte(s[i])
-				}
+				word.WriteByte(s[i])
 			} else {
 				word.WriteByte('\\')
 			}
