@@ -1,6 +1,7 @@
 package imagemap
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"encoding/json"
@@ -249,7 +250,9 @@ func ReadMetadata(r io.ReaderAt, size int64) (*Metadata, error) {
 	if err != nil {
 		return nil, err
 	}
-	md.Signed = len(blocks) > 1
+	for _, b := range blocks[:len(blocks)-1] {
+		md.Signed = md.Signed || b.typ == fwTypeSignature // other block types are not signatures
+	}
 	return md, nil
 }
 
@@ -276,7 +279,7 @@ func parseMetadata(doc []byte) (*Metadata, error) {
 		}
 		return nil, fmt.Errorf("%w: %w", ErrCorruptMetadata, err)
 	}
-	if doc[0] != '{' { // "null" decodes without error
+	if trimmed := bytes.TrimLeft(doc, " \t\r\n"); len(trimmed) == 0 || trimmed[0] != '{' { // "null" decodes without error
 		return nil, fmt.Errorf("%w: JSON must be an object", ErrCorruptMetadata)
 	}
 	return &Metadata{

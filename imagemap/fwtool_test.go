@@ -287,3 +287,14 @@ func TestWriterRejectsOversizedBlock(t *testing.T) {
 	assert.ErrorContains(t, err, "limit")
 	assert.Zero(t, w.Written())
 }
+
+func TestParseMetadataLeadingWhiteSpace(t *testing.T) {
+	t.Parallel()
+	md, err := imagemap.ParseMetadata([]byte("\n  {\"supported_devices\":[\"acme,x1\"]}"))
+	require.NoError(t, err)
+	assert.Equal(t, []string{"acme,x1"}, md.SupportedDevices)
+	for _, bad := range []string{" null", "\n[]", "   "} {
+		_, err := imagemap.ParseMetadata([]byte(bad))
+		assert.ErrorIs(t, err, imagemap.ErrCorruptMetadata, "%q", bad)
+	}
+}
