@@ -13,14 +13,20 @@ var distPrefixes = []string{"openwrt-", "lede-"}
 // "snapshot-", "17.01.4-".
 var versionPart = regexp.MustCompile(`(?i)^(?:\d+\.\d+(?:\.\d+)?(?:-rc\d+)?(?:-snapshot)?|snapshot)-`)
 
+// revisionPart matches the revision code custom and release-branch builds
+// put after the version: "r23809-234f1a2efa-", "r23000-". No OpenWrt target
+// name starts with "r" and digits.
+var revisionPart = regexp.MustCompile(`^r\d+(?:-[0-9a-f]{7,12})?-`)
+
 // TypeFromFileName returns the image type of a sysupgrade file name: the
 // name without any directory part ("/" or `\` separated), without the
 // distribution prefix "openwrt-" (or "lede-", used by LEDE 17.01), and
 // without the version part that follows it in release builds. Version parts
 // recognised (case-insensitively): "X.Y-", "X.Y.Z-", each optionally
 // followed by "-rcN" and/or "-snapshot" ("24.10.0-rc1-", "23.05-SNAPSHOT-"),
-// and "snapshot-". Snapshot builds carry no version part and need none
-// stripped.
+// and "snapshot-"; after a version, a revision code ("r23809-234f1a2efa-",
+// "r23000-", as custom and release-branch builds write) is stripped too.
+// Snapshot builds carry no version part and need none stripped.
 //
 //	openwrt-23.05.3-ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin
 //	openwrt-ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin
@@ -40,6 +46,9 @@ func TypeFromFileName(name string) string {
 		}
 		if loc := versionPart.FindStringIndex(rest); loc != nil && loc[1] < len(rest) {
 			rest = rest[loc[1]:]
+			if loc := revisionPart.FindStringIndex(rest); loc != nil && loc[1] < len(rest) {
+				rest = rest[loc[1]:]
+			}
 		}
 		return rest
 	}

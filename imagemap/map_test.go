@@ -272,3 +272,16 @@ func TestBoardNameVetoesModel(t *testing.T) {
 	assert.Equal(t, []string{"ar71xx-generic-archer-c7-v2-squashfs-sysupgrade.bin"},
 		m.TypesFor("TP-Link Archer C7 v2", "tplink,archer-c7-v5"), "only the entry without board names is left to the model")
 }
+
+func TestTypeFromFileNameRevision(t *testing.T) {
+	t.Parallel()
+	const typ = "ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
+	for _, name := range []string{
+		"openwrt-23.05-SNAPSHOT-r23000-" + typ,
+		"openwrt-23.05.3-r23809-234f1a2efa-" + typ,
+		"openwrt-23.05.3-" + typ,
+	} {
+		assert.Equal(t, typ, imagemap.TypeFromFileName(name), name)
+	}
+	assert.Equal(t, "r1-x.bin", imagemap.TypeFromFileName("r1-x.bin"), "no prefix: unchanged")
+}
