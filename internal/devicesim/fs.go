@@ -99,8 +99,8 @@ func (f *file) info(p string) FileInfo {
 }
 
 // noPath is what an empty path argument resolves to: a path no file can
-// have (a NUL byte), so that, as on a real system, '' names nothing and
-// "rm -rf ''" removes nothing.
+// have (a NUL byte), so that, as on a real system, an empty argument names
+// nothing and "rm -rf" of it removes nothing.
 const noPath = "/\x00"
 
 func cleanPath(p string) string {

@@ -2,9 +2,9 @@ package devicesim
 
 import "testing"
 
-// TestEmptyPathAndLineContinuation: '' names no file (as on a real system,
-// "rm -rf ''" removes nothing), and a backslash-newline is nothing, not an
-// empty word.
+// TestEmptyPathAndLineContinuation: an empty argument names no file (as on
+// a real system, "rm -rf" of it removes nothing), and a backslash-newline is
+// nothing, not an empty word.
 func TestEmptyPathAndLineContinuation(t *testing.T) {
 	t.Parallel()
 	d := setup(t, Config{})
