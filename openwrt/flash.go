@@ -85,22 +85,8 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 			return false, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 				errors.New("openwrt: the device did not reboot after the flash (same boot id)"))
 		}
-		if want := a.job.Image.Build.OSIdentifier; strings.TrimSpace(want) != "" {
-			rel, err := a.readRelease(ctx)
-			if err != nil {
-				return false, err
-			}
-			if !releaseMatches(rel, want) {
-				a.logf(ctx, "The device rebooted on %q, not on %q", rel, want)
-				return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
-					fmt.Errorf("openwrt: the device came back on %q instead of %q", rel, want))
-			}
-			a.logf(ctx, "The device runs %q", rel)
-		}
-		if err := a.writeChecksum(ctx); err != nil {
-			return false, err
-		}
-		return true, nil
+		// It rebooted: a release other than the build's is final.
+		return a.proveRelease(ctx, true)
 	})
 	if err != nil {
 		return err
@@ -175,6 +161,29 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 			deviceLabel(a.job.Device), a.cfg.ReconnectMaxRetries, lastErr))
 }
 
+// proveRelease is the last check of a reconnection: the device must run the
+// build's OS identifier (when it has one); then the image's checksum is
+// recorded on the device. A different release is an old-firmware verdict,
+// final (done) or not as the caller says.
+func (a *attempt) proveRelease(ctx context.Context, final bool) (bool, error) {
+	if want := a.job.Image.Build.OSIdentifier; strings.TrimSpace(want) != "" {
+		rel, err := a.readRelease(ctx)
+		if err != nil {
+			return false, err
+		}
+		if !releaseMatches(rel, want) {
+			a.logf(ctx, "The device runs %q, not %q", rel, want)
+			return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, want))
+		}
+		a.logf(ctx, "The device runs %q", rel)
+	}
+	if err := a.writeChecksum(ctx); err != nil {
+		return false, err
+	}
+	return true, nil
+}
+
 // isStale reports a verdict of reconnect's check: the device answered but
 // is not (yet) on the new firmware.
 func isStale(err error) bool {
@@ -236,25 +245,12 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 			a.logf(ctx, "The device runs the image (checksum in %s)", ChecksumFile)
 			return true, nil
 		}
-		osid := job.Image.Build.OSIdentifier
-		if strings.TrimSpace(osid) == "" {
+		if strings.TrimSpace(job.Image.Build.OSIdentifier) == "" {
 			return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 				errors.New("openwrt: the device has no record of the image and the build has no OS identifier to check"))
 		}
-		rel, err := a.readRelease(ctx)
-		if err != nil {
-			return false, err
-		}
-		if !releaseMatches(rel, osid) {
-			a.logf(ctx, "The device runs %q, not %q (yet)", rel, osid)
-			return false, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
-				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, osid))
-		}
-		a.logf(ctx, "The device runs %q", rel)
-		if err := a.writeChecksum(ctx); err != nil {
-			return false, err
-		}
-		return true, nil
+		// The device may not have flashed or rebooted yet: not final.
+		return a.proveRelease(ctx, false)
 	})
 	if err != nil {
 		return err
