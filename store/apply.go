@@ -46,6 +46,9 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 	if op.State.Terminal() {
 		return op, fmt.Errorf("%w: operation %s is %s, which is final", ErrInvalidTransition, op.ID, op.State)
 	}
+	if err := CheckToken(op, u.Token); err != nil {
+		return op, err
+	}
 	next := op
 	if u.State != "" && u.State != op.State {
 		if !status.CanTransition(op.State, u.State) {
@@ -62,6 +65,7 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 		}
 		if u.State.Terminal() {
 			next.FinishedAt = now
+			next.LeaseExpiresAt = time.Time{} // the lease ends with the operation
 		}
 	}
 	if u.Phase != nil && *u.Phase != op.Phase {
@@ -74,6 +78,16 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 				ErrInvalidTransition, op.ID, op.Phase, *u.Phase)
 		}
 		next.Phase = *u.Phase
+	}
+	if u.Phase != nil && *u.Phase == status.PhaseFlashing {
+		if op.Phase.AfterPointOfNoReturn() {
+			return op, fmt.Errorf("%w: operation %s already entered %s: the move into flashing happens once",
+				ErrInvalidTransition, op.ID, status.PhaseFlashing)
+		}
+		if u.Token != 0 && !LeaseLive(op, now) {
+			return op, fmt.Errorf("%w: operation %s: the lease of token %d expired before flashing",
+				ErrStaleToken, op.ID, u.Token)
+		}
 	}
 	if u.Progress != nil {
 		if next.State != status.InProgress && next.State != status.Success {
@@ -102,9 +116,12 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 
 // CheckProgress validates a SetProgress call against the operation's
 // current state, for adapters.
-func CheckProgress(op Operation, percent int) error {
+func CheckProgress(op Operation, token int64, percent int) error {
 	if err := status.ValidateProgress(percent); err != nil {
 		return invalid("operation", "Progress", "%d is outside 0-100", percent)
+	}
+	if err := CheckToken(op, token); err != nil {
+		return err
 	}
 	if op.State != status.InProgress {
 		return fmt.Errorf("%w: operation %s is %s; progress is only set while in progress", ErrInvalidTransition, op.ID, op.State)

@@ -24,6 +24,13 @@ var (
 	// ErrOrganizationMismatch: a record of one organization was combined with
 	// a record of another.
 	ErrOrganizationMismatch = errors.New("store: organization mismatch")
+	// ErrLeased: the operation holds a live lease, so it cannot be claimed.
+	ErrLeased = errors.New("store: operation is leased")
+	// ErrStaleToken: a write carried a fencing token that is no longer the
+	// operation's (another claim took it over), or tried to enter
+	// status.PhaseFlashing after its lease expired. The writer lost its
+	// claim and must stop.
+	ErrStaleToken = errors.New("store: stale fencing token: the claim was lost")
 )
 
 // ValidationError reports an invalid value of one field of one record. It

@@ -151,7 +151,18 @@ type Operation struct {
 	NextAttemptAt time.Time
 	// Deadline is when the whole operation times out (zero = never).
 	Deadline time.Time
-	// Version increases by one on every change of the record, logs excepted.
+	// Token is the fencing token of the operation's latest claim: every
+	// claim increments it, and every write a worker makes carries it (see
+	// Claims). 0 = never claimed.
+	Token int64
+	// LeaseOwner is the owner of the latest claim ("" = never claimed) and
+	// LeaseExpiresAt when its lease ends (zero once released or ended). A
+	// lease is live while LeaseExpiresAt is in the future of the store's
+	// clock.
+	LeaseOwner     string
+	LeaseExpiresAt time.Time
+	// Version increases by one on every change of the record; log lines
+	// and lease renewals and releases do not count.
 	Version    int64
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
@@ -382,6 +393,9 @@ func (op Operation) Validate() error {
 	}
 	if op.Attempt < 0 {
 		return invalid("operation", "Attempt", "is negative (%d)", op.Attempt)
+	}
+	if op.Token != 0 || op.LeaseOwner != "" || !op.LeaseExpiresAt.IsZero() {
+		return invalid("operation", "Token", "a new operation has no claim")
 	}
 	return checkOptions("operation", op.Options)
 }

@@ -181,6 +181,11 @@ type OperationUpdate struct {
 	Deadline      *time.Time
 	// Log lines appended in the same atomic change.
 	Log []string
+	// Token is the fencing token of the writer's claim (see Claims): the
+	// update is refused with ErrStaleToken when it is not the operation's
+	// current token. 0 is an unfenced write, for hosts and users (a
+	// cancel): it is checked against the state only.
+	Token int64
 }
 
 // Operations stores upgrade operations and their logs.
@@ -199,14 +204,21 @@ type Operations interface {
 	// changing nothing, when the operation is not in u.From, is terminal,
 	// when u.State is not reachable from u.From, when u would cancel or
 	// abort an operation at or after status.PhaseFlashing, or move it back
-	// before that phase. After the change the batch's state is recomputed.
+	// before that phase, or move it into status.PhaseFlashing a second time
+	// (the move into flashing happens once per operation, ever). A fenced
+	// update (u.Token) with a token that is not the operation's, or one that
+	// enters flashing after its lease expired, is ErrStaleToken. A move to a
+	// terminal state ends the lease. After the change the batch's state is
+	// recomputed.
 	UpdateOperation(ctx context.Context, id string, u OperationUpdate) (Operation, error)
 	// SetProgress sets the progress of an in-progress operation and nothing
-	// else (ErrInvalidTransition if it is not in progress).
-	SetProgress(ctx context.Context, id string, percent int) error
+	// else (ErrInvalidTransition if it is not in progress). A non-zero token
+	// fences the write (ErrStaleToken when it is not the operation's).
+	SetProgress(ctx context.Context, id string, token int64, percent int) error
 	// AppendLog appends lines to the operation's log, in any state. Lines
-	// longer than MaxLogLineLen are truncated.
-	AppendLog(ctx context.Context, id string, lines ...string) error
+	// longer than MaxLogLineLen are truncated. A non-zero token fences the
+	// write (ErrStaleToken when it is not the operation's).
+	AppendLog(ctx context.Context, id string, token int64, lines ...string) error
 	// Logs returns the operation's log entries with Seq > afterSeq, oldest
 	// first, at most limit of them (0 = all).
 	Logs(ctx context.Context, id string, afterSeq int64, limit int) ([]LogEntry, error)
@@ -219,4 +231,5 @@ type Store interface {
 	DeviceFirmwares
 	Batches
 	Operations
+	Claims
 }

@@ -242,13 +242,13 @@ func TestApplyUpdate(t *testing.T) {
 func TestCheckProgress(t *testing.T) {
 	t.Parallel()
 	running := store.Operation{ID: "op", State: status.InProgress}
-	assert.NoError(t, store.CheckProgress(running, 0))
-	assert.NoError(t, store.CheckProgress(running, 100))
-	requireField(t, store.CheckProgress(running, 101), "Progress")
-	requireField(t, store.CheckProgress(running, -1), "Progress")
+	assert.NoError(t, store.CheckProgress(running, 0, 0))
+	assert.NoError(t, store.CheckProgress(running, 0, 100))
+	requireField(t, store.CheckProgress(running, 0, 101), "Progress")
+	requireField(t, store.CheckProgress(running, 0, -1), "Progress")
 	for _, s := range status.States() {
 		if s != status.InProgress {
-			assert.ErrorIs(t, store.CheckProgress(store.Operation{State: s}, 50), store.ErrInvalidTransition, "%s", s)
+			assert.ErrorIs(t, store.CheckProgress(store.Operation{State: s}, 0, 50), store.ErrInvalidTransition, "%s", s)
 		}
 	}
 }

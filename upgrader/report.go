@@ -60,7 +60,7 @@ func (r *reporter) Progress(ctx context.Context, percent int) error {
 	}
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	err := r.e.store.SetProgress(wctx, r.op.ID, percent)
+	err := r.e.store.SetProgress(wctx, r.op.ID, 0, percent)
 	if errors.Is(err, store.ErrInvalidTransition) {
 		return r.why(wctx, err)
 	}
@@ -75,7 +75,7 @@ func (r *reporter) Progress(ctx context.Context, percent int) error {
 func (r *reporter) Log(ctx context.Context, line string) error {
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	if err := r.e.store.AppendLog(wctx, r.op.ID, line); err != nil {
+	if err := r.e.store.AppendLog(wctx, r.op.ID, 0, line); err != nil {
 		return err
 	}
 	r.e.logEvent(r.op, store.TruncateLogLine(line))

@@ -309,7 +309,7 @@ func (e *Engine) verify(ctx context.Context, op store.Operation, job *Job) (bool
 // flashed again.
 func (e *Engine) verifyInterrupted(ctx context.Context, op store.Operation, u Upgrader, d store.Device, img Image) (store.Operation, time.Time, error) {
 	e.logEvent(op, "resuming an operation interrupted after flashing started: verifying")
-	_ = e.store.AppendLog(ctx, op.ID, "resuming an operation interrupted after flashing started: verifying")
+	_ = e.store.AppendLog(ctx, op.ID, 0, "resuming an operation interrupted after flashing started: verifying")
 	ok, line := e.verify(ctx, op, &Job{Operation: op, Device: d, Image: img})
 	if ok {
 		return e.succeed(ctx, op, status.ReasonNone, line)
@@ -335,7 +335,7 @@ func (e *Engine) succeed(ctx context.Context, op store.Operation, reason status.
 	}
 	if err := e.installed(ctx, end); err != nil {
 		e.log.Warn("recording the device firmware failed", slog.String("operation", op.ID), slog.Any("error", err))
-		_ = e.store.AppendLog(ctx, op.ID, fmt.Sprintf("warning: recording the device firmware failed: %v", err))
+		_ = e.store.AppendLog(ctx, op.ID, 0, fmt.Sprintf("warning: recording the device firmware failed: %v", err))
 	}
 	return end, time.Time{}, nil
 }

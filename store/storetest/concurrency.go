@@ -80,7 +80,7 @@ func concurrencyTests(n int) []test {
 			fns := make([]func(), goroutines)
 			errs := make([]error, goroutines)
 			for i := range fns {
-				fns[i] = func() { errs[i] = f.s.AppendLog(f.ctx, op.ID, fmt.Sprintf("line %d", i)) }
+				fns[i] = func() { errs[i] = f.s.AppendLog(f.ctx, op.ID, 0, fmt.Sprintf("line %d", i)) }
 			}
 			race(fns...)
 			for _, err := range errs {
@@ -108,7 +108,7 @@ func concurrencyTests(n int) []test {
 					var unexpected []error
 					for p := range 20 {
 						fns = append(fns, func() {
-							err := f.s.SetProgress(f.ctx, op.ID, 20+p)
+							err := f.s.SetProgress(f.ctx, op.ID, 0, 20+p)
 							if err != nil && !errors.Is(err, store.ErrInvalidTransition) {
 								mu.Lock()
 								unexpected = append(unexpected, err)
@@ -126,7 +126,7 @@ func concurrencyTests(n int) []test {
 					got := f.get(op.ID)
 					assert.Equal(t, end, got.State, "progress never reverts a terminal state")
 					assert.False(t, got.FinishedAt.IsZero())
-					require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 99), store.ErrInvalidTransition)
+					require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 0, 99), store.ErrInvalidTransition)
 					requireSame(t, got, f.get(op.ID))
 				}
 			}
@@ -193,10 +193,10 @@ func concurrencyTests(n int) []test {
 					if _, errs[i] = f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: status.Pending, State: status.InProgress, Phase: &p}); errs[i] != nil {
 						return
 					}
-					if errs[i] = f.s.SetProgress(f.ctx, op.ID, 50); errs[i] != nil {
+					if errs[i] = f.s.SetProgress(f.ctx, op.ID, 0, 50); errs[i] != nil {
 						return
 					}
-					if errs[i] = f.s.AppendLog(f.ctx, op.ID, "done"); errs[i] != nil {
+					if errs[i] = f.s.AppendLog(f.ctx, op.ID, 0, "done"); errs[i] != nil {
 						return
 					}
 					end := status.Success

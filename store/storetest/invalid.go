@@ -38,7 +38,7 @@ func (f *fixture) world() *world {
 	w.running = f.drive(f.op(f.device("org-a").ID, w.imA.ID).ID, status.InProgress, status.PhaseUpload)
 	w.flashing = f.drive(f.op(f.device("org-a").ID, w.imA.ID).ID, status.InProgress, status.PhaseFlashing)
 	w.done = f.drive(f.op(f.device("org-a").ID, w.imA.ID).ID, status.Success, status.PhaseVerifying)
-	require.NoError(f.t, f.s.AppendLog(f.ctx, w.running.ID, "uploading"))
+	require.NoError(f.t, f.s.AppendLog(f.ctx, w.running.ID, 0, "uploading"))
 	bt, ops, err := f.s.CreateBatch(f.ctx, store.Batch{Organization: "org-a", BuildID: b.ID, Name: "wave"},
 		[]store.Operation{{DeviceID: f.device("org-a").ID, ImageID: w.imA.ID}, {DeviceID: f.device("org-a").ID, ImageID: w.imA.ID}})
 	require.NoError(f.t, err)
@@ -199,11 +199,11 @@ func invalidCases() []invalidCase {
 		{"UpdateUnknownOperation", func(f *fixture, w *world) error {
 			return ignore(f.s.UpdateOperation(f.ctx, store.NewID(), store.OperationUpdate{From: status.Pending, State: status.Cancelled}))
 		}, store.ErrNotFound, ""},
-		{"SetProgress101", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.running.ID, 101) }, store.ErrInvalid, "Progress"},
-		{"SetProgressNegative", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.running.ID, -1) }, store.ErrInvalid, "Progress"},
-		{"SetProgressTerminal", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.done.ID, 50) }, store.ErrInvalidTransition, ""},
-		{"SetProgressPending", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.batchIdle.ID, 50) }, store.ErrInvalidTransition, ""},
-		{"AppendLogUnknownOperation", func(f *fixture, w *world) error { return f.s.AppendLog(f.ctx, store.NewID(), "x") }, store.ErrNotFound, ""},
+		{"SetProgress101", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.running.ID, 0, 101) }, store.ErrInvalid, "Progress"},
+		{"SetProgressNegative", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.running.ID, 0, -1) }, store.ErrInvalid, "Progress"},
+		{"SetProgressTerminal", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.done.ID, 0, 50) }, store.ErrInvalidTransition, ""},
+		{"SetProgressPending", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.batchIdle.ID, 0, 50) }, store.ErrInvalidTransition, ""},
+		{"AppendLogUnknownOperation", func(f *fixture, w *world) error { return f.s.AppendLog(f.ctx, store.NewID(), 0, "x") }, store.ErrNotFound, ""},
 		// batches
 		{"BatchNoOperations", newBatch(func(w *world, b *store.Batch, ops *[]store.Operation) { *ops = nil }), store.ErrInvalid, "Operations"},
 		{"BatchBadOptions", newBatch(func(w *world, b *store.Batch, ops *[]store.Operation) { b.Options = json.RawMessage(`"x"`) }), store.ErrInvalid, "Options"},

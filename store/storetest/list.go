@@ -403,7 +403,7 @@ func copyTests() []test {
 		}},
 		{"Logs", func(t *testing.T, f *fixture) {
 			op := f.newOp("org-a")
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, "one", "two"))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, "one", "two"))
 			logs, err := f.s.Logs(f.ctx, op.ID, 0, 0)
 			require.NoError(t, err)
 			logs[0].Line = strings.ToUpper(logs[0].Line)

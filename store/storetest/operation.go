@@ -49,8 +49,8 @@ func operationTests() []test {
 			require.ErrorIs(t, err, store.ErrNotFound)
 			_, err = f.s.UpdateOperation(f.ctx, id, store.OperationUpdate{From: status.Pending, State: status.InProgress})
 			require.ErrorIs(t, err, store.ErrNotFound)
-			require.ErrorIs(t, f.s.SetProgress(f.ctx, id, 10), store.ErrNotFound)
-			require.ErrorIs(t, f.s.AppendLog(f.ctx, id, "x"), store.ErrNotFound)
+			require.ErrorIs(t, f.s.SetProgress(f.ctx, id, 0, 10), store.ErrNotFound)
+			require.ErrorIs(t, f.s.AppendLog(f.ctx, id, 0, "x"), store.ErrNotFound)
 			_, err = f.s.Logs(f.ctx, id, 0, 0)
 			require.ErrorIs(t, err, store.ErrNotFound)
 		}},
@@ -162,9 +162,9 @@ func transitionTests() []test {
 					_, err := f.s.UpdateOperation(f.ctx, op.ID, u)
 					require.ErrorIs(t, err, store.ErrInvalidTransition, "%s: %+v", s, u)
 				}
-				require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 100), store.ErrInvalidTransition, "%s", s)
+				require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 0, 100), store.ErrInvalidTransition, "%s", s)
 				requireSame(t, before, f.get(op.ID), "%s operation unchanged", s)
-				require.NoError(t, f.s.AppendLog(f.ctx, op.ID, "post mortem"), "%s: logs still append", s)
+				require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, "post mortem"), "%s: logs still append", s)
 				logs, err := f.s.Logs(f.ctx, op.ID, 0, 0)
 				require.NoError(t, err)
 				require.NotEmpty(t, logs)
@@ -263,9 +263,9 @@ func transitionTests() []test {
 			assert.Equal(t, v+1, op.Version, "UpdateOperation")
 			op = f.update(op.ID, store.OperationUpdate{From: status.InProgress, Phase: store.Ptr(status.PhaseUpload)})
 			assert.Equal(t, v+2, op.Version, "UpdateOperation without a state change")
-			require.NoError(t, f.s.SetProgress(f.ctx, op.ID, 30))
+			require.NoError(t, f.s.SetProgress(f.ctx, op.ID, 0, 30))
 			assert.Equal(t, v+3, f.get(op.ID).Version, "SetProgress")
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, "line"))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, "line"))
 			assert.Equal(t, v+3, f.get(op.ID).Version, "AppendLog does not count")
 			_, err := f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: status.Pending})
 			require.ErrorIs(t, err, store.ErrInvalidTransition)
@@ -360,7 +360,7 @@ func progressTests() []test {
 		{"SetOnInProgress", func(t *testing.T, f *fixture) {
 			op := f.drive(f.newOp("org-a").ID, status.InProgress, status.PhaseUpload)
 			for _, p := range []int{0, 20, 42, 100} {
-				require.NoError(t, f.s.SetProgress(f.ctx, op.ID, p))
+				require.NoError(t, f.s.SetProgress(f.ctx, op.ID, 0, p))
 				got := f.get(op.ID)
 				assert.Equal(t, p, got.Progress)
 				assert.Equal(t, status.InProgress, got.State)
@@ -373,22 +373,22 @@ func progressTests() []test {
 					continue
 				}
 				op := f.drive(f.newOp("org-a").ID, s, status.PhaseConnecting)
-				require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 50), store.ErrInvalidTransition, "%s", s)
+				require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 0, 50), store.ErrInvalidTransition, "%s", s)
 				requireSame(t, op, f.get(op.ID))
 			}
 		}},
 		{"OutOfRange", func(t *testing.T, f *fixture) {
 			op := f.drive(f.newOp("org-a").ID, status.InProgress, status.PhaseUpload)
-			require.NoError(t, f.s.SetProgress(f.ctx, op.ID, 30))
+			require.NoError(t, f.s.SetProgress(f.ctx, op.ID, 0, 30))
 			for _, p := range []int{-1, 101} {
-				requireInvalid(t, f.s.SetProgress(f.ctx, op.ID, p), "Progress")
+				requireInvalid(t, f.s.SetProgress(f.ctx, op.ID, 0, p), "Progress")
 			}
 			assert.Equal(t, 30, f.get(op.ID).Progress)
 		}},
 		{"AfterCancelDoesNotResurrect", func(t *testing.T, f *fixture) {
 			op := f.drive(f.newOp("org-a").ID, status.InProgress, status.PhaseUpload)
 			cancelled := f.update(op.ID, store.OperationUpdate{From: status.InProgress, State: status.Cancelled, Reason: status.ReasonCancelledByUser})
-			require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 55), store.ErrInvalidTransition)
+			require.ErrorIs(t, f.s.SetProgress(f.ctx, op.ID, 0, 55), store.ErrInvalidTransition)
 			requireSame(t, cancelled, f.get(op.ID), "still cancelled, progress untouched")
 		}},
 	}
@@ -398,9 +398,9 @@ func logTests() []test {
 	return []test{
 		{"AppendAndRead", func(t *testing.T, f *fixture) {
 			op := f.newOp("org-a")
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, "one", "two"))
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID))
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, "three"))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, "one", "two"))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0), 0)
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, "three"))
 			logs, err := f.s.Logs(f.ctx, op.ID, 0, 0)
 			require.NoError(t, err)
 			assert.Equal(t, []string{"one", "two", "three"}, lines(logs))
@@ -416,7 +416,7 @@ func logTests() []test {
 			for i := range 10 {
 				want = append(want, fmt.Sprintf("line %d", i+1))
 			}
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, want...))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, want...))
 			for _, tc := range []struct {
 				after int64
 				limit int
@@ -441,7 +441,7 @@ func logTests() []test {
 			op := f.newOp("org-a")
 			long := strings.Repeat("é", store.MaxLogLineLen+100)
 			exact := strings.Repeat("x", store.MaxLogLineLen)
-			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, long, exact))
+			require.NoError(t, f.s.AppendLog(f.ctx, op.ID, 0, long, exact))
 			logs, err := f.s.Logs(f.ctx, op.ID, 0, 0)
 			require.NoError(t, err)
 			require.Len(t, logs, 2)
@@ -452,9 +452,9 @@ func logTests() []test {
 		}},
 		{"SeqPerOperation", func(t *testing.T, f *fixture) {
 			a, b := f.newOp("org-a"), f.newOp("org-a")
-			require.NoError(t, f.s.AppendLog(f.ctx, a.ID, "a1", "a2"))
-			require.NoError(t, f.s.AppendLog(f.ctx, b.ID, "b1"))
-			require.NoError(t, f.s.AppendLog(f.ctx, a.ID, "a3"))
+			require.NoError(t, f.s.AppendLog(f.ctx, a.ID, 0, "a1", "a2"))
+			require.NoError(t, f.s.AppendLog(f.ctx, b.ID, 0, "b1"))
+			require.NoError(t, f.s.AppendLog(f.ctx, a.ID, 0, "a3"))
 			la, err := f.s.Logs(f.ctx, a.ID, 0, 0)
 			require.NoError(t, err)
 			lb, err := f.s.Logs(f.ctx, b.ID, 0, 0)
@@ -465,7 +465,7 @@ func logTests() []test {
 			assert.Equal(t, []int64{1}, seqs(lb))
 		}},
 		{"UnknownOperation", func(t *testing.T, f *fixture) {
-			require.ErrorIs(t, f.s.AppendLog(f.ctx, store.NewID(), "x"), store.ErrNotFound)
+			require.ErrorIs(t, f.s.AppendLog(f.ctx, store.NewID(), 0, "x"), store.ErrNotFound)
 			_, err := f.s.Logs(f.ctx, store.NewID(), 0, 0)
 			require.ErrorIs(t, err, store.ErrNotFound)
 		}},

@@ -54,10 +54,10 @@ func BenchmarkHotPath(b *testing.B) {
 		if _, err := s.UpdateOperation(ctx, id, store.OperationUpdate{From: status.InProgress, Phase: &p}); err != nil {
 			b.Fatal(err)
 		}
-		if err := s.SetProgress(ctx, id, i%100); err != nil {
+		if err := s.SetProgress(ctx, id, 0, i%100); err != nil {
 			b.Fatal(err)
 		}
-		if err := s.AppendLog(ctx, id, "uploading firmware"); err != nil {
+		if err := s.AppendLog(ctx, id, 0, "uploading firmware"); err != nil {
 			b.Fatal(err)
 		}
 		i++

@@ -23,6 +23,7 @@ var (
 	_ store.DeviceFirmwares = (*Store)(nil)
 	_ store.Batches         = (*Store)(nil)
 	_ store.Operations      = (*Store)(nil)
+	_ store.Claims          = (*Store)(nil)
 )
 
 // Store is the in-memory store. Create it with New; the zero value is not
@@ -49,6 +50,10 @@ type Store struct {
 	// device's non-terminal operation, if any.
 	deviceOps map[string][]string
 	activeOp  map[string]string
+
+	// The claim path's queues (see claims.go).
+	ready  readyQueue
+	leased leaseQueue
 }
 
 type batchRec struct {
@@ -58,8 +63,10 @@ type batchRec struct {
 }
 
 type opRec struct {
-	op   store.Operation
-	logs []store.LogEntry
+	op    store.Operation
+	logs  []store.LogEntry
+	queue int // queueNone, queueReady or queueLeased
+	idx   int // index in that queue
 }
 
 // New returns an empty store.

@@ -60,7 +60,9 @@ func (s *Store) prepareOp(op store.Operation, batch *store.Batch, busy, ids map[
 
 // insertOp stores a prepared operation (store held locked).
 func (s *Store) insertOp(op store.Operation) {
-	s.ops[op.ID] = &opRec{op: op}
+	r := &opRec{op: op, idx: -1}
+	s.ops[op.ID] = r
+	s.requeue(r, op.CreatedAt)
 	s.deviceOps[op.DeviceID] = append(s.deviceOps[op.DeviceID], op.ID)
 	s.activeOp[op.DeviceID] = op.ID
 }
@@ -219,27 +221,39 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 	if !ok {
 		return store.Operation{}, notFound("operation", id)
 	}
-	t := now()
-	next, err := store.ApplyUpdate(r.op, u, t)
+	next, err := s.update(r, u, now())
 	if err != nil {
 		return store.Operation{}, err
-	}
-	prev := r.op.State
-	r.op = next
-	appendLogs(r, u.Log, t)
-	if next.State != prev {
-		if next.State.Terminal() && s.activeOp[next.DeviceID] == next.ID {
-			delete(s.activeOp, next.DeviceID)
-		}
-		if br := s.batches[next.BatchID]; br != nil {
-			s.count(br, prev, next.State, t)
-		}
 	}
 	return cloneOp(next), nil
 }
 
+// update applies u to r at t with store.ApplyUpdate and keeps the indexes,
+// queues and batch counts right (store held locked).
+func (s *Store) update(r *opRec, u store.OperationUpdate, t time.Time) (store.Operation, error) {
+	next, err := store.ApplyUpdate(r.op, u, t)
+	if err != nil {
+		return store.Operation{}, err
+	}
+	prev := r.op
+	r.op = next
+	appendLogs(r, u.Log, t)
+	if next.State != prev.State || !next.NextAttemptAt.Equal(prev.NextAttemptAt) {
+		s.requeue(r, t)
+	}
+	if next.State != prev.State {
+		if next.State.Terminal() && s.activeOp[next.DeviceID] == next.ID {
+			delete(s.activeOp, next.DeviceID)
+		}
+		if br := s.batches[next.BatchID]; br != nil {
+			s.count(br, prev.State, next.State, t)
+		}
+	}
+	return next, nil
+}
+
 // SetProgress implements store.Operations.
-func (s *Store) SetProgress(ctx context.Context, id string, percent int) error {
+func (s *Store) SetProgress(ctx context.Context, id string, token int64, percent int) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
@@ -249,7 +263,7 @@ func (s *Store) SetProgress(ctx context.Context, id string, percent int) error {
 	if !ok {
 		return notFound("operation", id)
 	}
-	if err := store.CheckProgress(r.op, percent); err != nil {
+	if err := store.CheckProgress(r.op, token, percent); err != nil {
 		return err
 	}
 	r.op.Progress = percent
@@ -259,7 +273,7 @@ func (s *Store) SetProgress(ctx context.Context, id string, percent int) error {
 }
 
 // AppendLog implements store.Operations.
-func (s *Store) AppendLog(ctx context.Context, id string, lines ...string) error {
+func (s *Store) AppendLog(ctx context.Context, id string, token int64, lines ...string) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
@@ -268,6 +282,9 @@ func (s *Store) AppendLog(ctx context.Context, id string, lines ...string) error
 	r, ok := s.ops[id]
 	if !ok {
 		return notFound("operation", id)
+	}
+	if err := store.CheckToken(r.op, token); err != nil {
+		return err
 	}
 	appendLogs(r, lines, now())
 	return nil

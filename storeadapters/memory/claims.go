@@ -1,0 +1,253 @@
+package memory
+
+import (
+	"container/heap"
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+var _ store.Claims = (*Store)(nil)
+
+// Where a non-terminal operation waits, for the claim path: in the ready
+// queue (no live lease, ordered by NextAttemptAt then ID) or in the lease
+// queue (ordered by the end of its lease). A claim first moves the leases
+// that ended to the ready queue, then pops ready operations: no scan of the
+// whole store, so claiming stays O(log n) per operation however many are
+// pending.
+const (
+	queueNone = iota
+	queueReady
+	queueLeased
+)
+
+type readyQueue []*opRec
+
+func (q readyQueue) Len() int { return len(q) }
+func (q readyQueue) Less(i, j int) bool {
+	a, b := &q[i].op, &q[j].op
+	if !a.NextAttemptAt.Equal(b.NextAttemptAt) {
+		return a.NextAttemptAt.Before(b.NextAttemptAt)
+	}
+	return a.ID < b.ID
+}
+func (q readyQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].idx, q[j].idx = i, j
+}
+func (q *readyQueue) Push(x any) { r := x.(*opRec); r.idx = len(*q); *q = append(*q, r) }
+func (q *readyQueue) Pop() any {
+	old := *q
+	r := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	r.idx = -1
+	return r
+}
+
+type leaseQueue []*opRec
+
+func (q leaseQueue) Len() int { return len(q) }
+func (q leaseQueue) Less(i, j int) bool {
+	return q[i].op.LeaseExpiresAt.Before(q[j].op.LeaseExpiresAt)
+}
+func (q leaseQueue) Swap(i, j int) {
+	q[i], q[j] = q[j], q[i]
+	q[i].idx, q[j].idx = i, j
+}
+func (q *leaseQueue) Push(x any) { r := x.(*opRec); r.idx = len(*q); *q = append(*q, r) }
+func (q *leaseQueue) Pop() any {
+	old := *q
+	r := old[len(old)-1]
+	old[len(old)-1] = nil
+	*q = old[:len(old)-1]
+	r.idx = -1
+	return r
+}
+
+// unqueue takes r out of whichever queue holds it (store held locked).
+func (s *Store) unqueue(r *opRec) {
+	switch r.queue {
+	case queueReady:
+		heap.Remove(&s.ready, r.idx)
+	case queueLeased:
+		heap.Remove(&s.leased, r.idx)
+	}
+	r.queue, r.idx = queueNone, -1
+}
+
+// requeue puts r where its record says it belongs (store held locked):
+// nowhere when terminal, the lease queue while its lease lives, the ready
+// queue otherwise.
+func (s *Store) requeue(r *opRec, t time.Time) {
+	s.unqueue(r)
+	switch {
+	case r.op.State.Terminal():
+	case store.LeaseLive(r.op, t):
+		r.queue = queueLeased
+		heap.Push(&s.leased, r)
+	default:
+		r.queue = queueReady
+		heap.Push(&s.ready, r)
+	}
+}
+
+// expireLeases moves the operations whose lease ended by t to the ready
+// queue (store held locked).
+func (s *Store) expireLeases(t time.Time) {
+	for len(s.leased) > 0 && !t.Before(s.leased[0].op.LeaseExpiresAt) {
+		r := heap.Pop(&s.leased).(*opRec)
+		r.queue = queueReady
+		heap.Push(&s.ready, r)
+	}
+}
+
+// ClaimOperations implements store.Claims.
+func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := store.ValidateClaim(owner, limit, lease); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := now()
+	s.expireLeases(t)
+	var out []store.Operation
+	var skipped []*opRec // refused by their batch: back in the queue afterwards
+	for len(out) < limit && len(s.ready) > 0 {
+		r := s.ready[0]
+		if t.Before(r.op.NextAttemptAt) {
+			break // the earliest is not due: none is
+		}
+		heap.Pop(&s.ready)
+		r.queue = queueNone
+		var b *store.Batch
+		if br := s.batches[r.op.BatchID]; br != nil {
+			b = &br.b
+		}
+		if !store.ClaimAllowed(b, r.op) {
+			skipped = append(skipped, r)
+			continue
+		}
+		r.op = store.ApplyClaim(r.op, owner, t, lease)
+		s.requeue(r, t)
+		out = append(out, cloneOp(r.op))
+	}
+	for _, r := range skipped {
+		s.requeue(r, t)
+	}
+	if out == nil {
+		out = []store.Operation{}
+	}
+	return out, nil
+}
+
+// ClaimOperation implements store.Claims.
+func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time.Duration) (store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Operation{}, err
+	}
+	if err := store.ValidateClaim(owner, 1, lease); err != nil {
+		return store.Operation{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return store.Operation{}, notFound("operation", id)
+	}
+	t := now()
+	if err := store.CheckClaimOne(r.op, t); err != nil {
+		return store.Operation{}, err
+	}
+	r.op = store.ApplyClaim(r.op, owner, t, lease)
+	s.requeue(r, t)
+	return cloneOp(r.op), nil
+}
+
+// RenewLeases implements store.Claims.
+func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Duration, held []store.Lease) ([]store.Renewal, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := store.ValidateClaim(owner, 1, lease); err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := now()
+	out := make([]store.Renewal, len(held))
+	for i, l := range held {
+		r, ok := s.ops[l.OperationID]
+		var op store.Operation
+		if ok {
+			op = r.op
+		}
+		ren, next := store.RenewOne(op, ok, l, owner, t, lease)
+		if ok && ren.Status == store.LeaseHeld {
+			r.op = next
+			s.requeue(r, t)
+		}
+		out[i] = ren
+	}
+	return out, nil
+}
+
+// ReleaseOperation implements store.Claims.
+func (s *Store) ReleaseOperation(ctx context.Context, id string, token int64) error {
+	if err := ctxErr(ctx); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.ops[id]
+	if !ok {
+		return notFound("operation", id)
+	}
+	clear, err := store.CheckRelease(r.op, token)
+	if err != nil || !clear {
+		return err
+	}
+	t := now()
+	r.op.LeaseExpiresAt = time.Time{}
+	s.requeue(r, t)
+	return nil
+}
+
+// ExpireDeadlines implements store.Claims.
+func (s *Store) ExpireDeadlines(ctx context.Context, limit int) ([]store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, &store.ValidationError{Record: "claim", Field: "Limit", Problem: fmt.Sprintf("must be positive, got %d", limit)}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := now()
+	var due []*opRec
+	for _, id := range s.activeOp {
+		if r := s.ops[id]; r != nil && store.Expired(r.op, t) {
+			due = append(due, r)
+		}
+	}
+	slices.SortFunc(due, func(a, b *opRec) int { return strings.Compare(a.op.ID, b.op.ID) })
+	if len(due) > limit {
+		due = due[:limit]
+	}
+	out := make([]store.Operation, 0, len(due))
+	for _, r := range due {
+		next, err := s.update(r, store.ExpireUpdate(r.op), t)
+		if err != nil {
+			return out, err
+		}
+		out = append(out, cloneOp(next))
+	}
+	return out, nil
+}
