@@ -74,6 +74,10 @@ const (
 	// ReasonWorkerLost: the worker running the operation vanished and the
 	// outcome could not be proven. Failed.
 	ReasonWorkerLost Reason = "worker-lost"
+	// ReasonImageMissing: the image's bytes are not in the image storage
+	// (never stored, or removed). Aborted, at once: waiting does not bring
+	// them back.
+	ReasonImageMissing Reason = "image-missing"
 )
 
 type reasonInfo struct {
@@ -104,6 +108,7 @@ var reasons = map[Reason]reasonInfo{
 	ReasonInvalidOptions:           {false, Aborted},
 	ReasonUpgraderError:            {false, Failed},
 	ReasonWorkerLost:               {false, Failed},
+	ReasonImageMissing:             {false, Aborted},
 }
 
 // Reasons returns every non-empty reason, sorted. The slice is a fresh copy.

@@ -271,6 +271,7 @@ func TestReasons(t *testing.T) {
 		{status.ReasonInvalidOptions, false, status.Aborted},
 		{status.ReasonUpgraderError, false, status.Failed},
 		{status.ReasonWorkerLost, false, status.Failed},
+		{status.ReasonImageMissing, false, status.Aborted},
 	}
 	require.Len(t, table, len(rs), "every reason has a row")
 	for _, tc := range table {

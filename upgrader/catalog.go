@@ -45,6 +45,9 @@ func (e *Engine) CreateBuild(ctx context.Context, b store.Build) (store.Build, e
 // image's own metadata names its boards (ErrUnknownImageType), and whatever
 // the store refuses.
 func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (store.Image, error) {
+	if r == nil {
+		return store.Image{}, errors.New("upgrader: CreateImage: nil reader")
+	}
 	if im.Type == "" && im.Name != "" {
 		im.Type = imagemap.TypeFromFileName(im.Name)
 	}

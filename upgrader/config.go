@@ -4,11 +4,15 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
+	"math/rand/v2"
+	"os"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
 
 	"github.com/fwupgrader/fwupgrader/imagemap"
+	"github.com/fwupgrader/fwupgrader/store"
 )
 
 // Defaults of Config and RetryPolicy.
@@ -25,6 +29,18 @@ const (
 	DefaultRetryMultiplier          = 2.0
 	DefaultRetryRandomization       = 0.5
 	NoImageSizeLimit          int64 = -1
+	// NoRetryRandomization as RetryPolicy.RandomizationFactor makes the
+	// retry waits exact.
+	NoRetryRandomization = -1.0
+
+	DefaultLeaseDuration       = 30 * time.Second
+	DefaultPollInterval        = time.Second
+	DefaultMaintenanceInterval = time.Second
+	// MinLeaseDuration is the shortest Config.LeaseDuration accepted.
+	MinLeaseDuration = 30 * time.Millisecond
+	// MaxEventBuffer is the largest event channel buffer accepted, in
+	// Config.EventBuffer and Subscribe.
+	MaxEventBuffer = 1 << 20
 )
 
 // RetryPolicy says how recoverable failures before flashing are retried.
@@ -43,9 +59,25 @@ type RetryPolicy struct {
 	// DefaultRetryMultiplier (2).
 	Multiplier float64
 	// RandomizationFactor spreads the waits randomly by ± this fraction
-	// (0.5 = 50%). Defaults to DefaultRetryRandomization; a negative value
-	// means no randomisation.
+	// (0.5 = 50%), at most 1. Defaults to DefaultRetryRandomization;
+	// NoRetryRandomization means exact waits.
 	RandomizationFactor float64
+}
+
+// Validate refuses values that make no sense: a NaN, infinite, negative or
+// below-1 Multiplier, a NaN or infinite RandomizationFactor, one over 1 or
+// negative (other than NoRetryRandomization), negative intervals.
+func (p RetryPolicy) Validate() error {
+	m, r := p.Multiplier, p.RandomizationFactor
+	switch {
+	case math.IsNaN(m) || math.IsInf(m, 0) || m < 0 || (m > 0 && m < 1):
+		return fmt.Errorf("upgrader: retry policy: Multiplier %v must be a number >= 1 (0 = default)", m)
+	case math.IsNaN(r) || math.IsInf(r, 0) || r > 1 || (r < 0 && r != NoRetryRandomization):
+		return fmt.Errorf("upgrader: retry policy: RandomizationFactor %v must be within 0-1 (0 = default, NoRetryRandomization = none)", r)
+	case p.InitialInterval < 0 || p.MaxInterval < 0:
+		return errors.New("upgrader: retry policy: intervals must not be negative")
+	}
+	return nil
 }
 
 func (p RetryPolicy) withDefaults() RetryPolicy {
@@ -75,8 +107,13 @@ func (p RetryPolicy) withDefaults() RetryPolicy {
 }
 
 // Delay returns the wait before retry number n (1 for the first retry),
-// drawn from a cenkalti/backoff ExponentialBackOff configured by p.
+// drawn from a cenkalti/backoff ExponentialBackOff configured by p. A
+// policy that does not pass Validate gets the default policy's delays:
+// never a negative or NaN wait.
 func (p RetryPolicy) Delay(n int) time.Duration {
+	if p.Validate() != nil {
+		p = RetryPolicy{}
+	}
 	p = p.withDefaults()
 	b := backoff.NewExponentialBackOff(
 		backoff.WithInitialInterval(p.InitialInterval),
@@ -123,6 +160,25 @@ type Config struct {
 	EventBuffer int
 	// Now returns the current time. Defaults to time.Now.
 	Now func() time.Time
+	// Owner names this engine in the leases it takes
+	// (store.Operation.LeaseOwner); every engine sharing a store needs its
+	// own. Defaults to host name, process ID and a random suffix.
+	Owner string
+	// LeaseDuration is how long a claim on an operation lasts without being
+	// renewed; the engine renews its leases every third of it. An engine
+	// that stops renewing (a crash, a partition) loses its operations to
+	// other engines after at most this long, and a cancel reaches an attempt
+	// running in another engine within a third of it. Defaults to
+	// DefaultLeaseDuration (30 s); at least MinLeaseDuration.
+	LeaseDuration time.Duration
+	// PollInterval is how often an idle engine asks the store for work that
+	// other engines enqueued or released (±20 % jitter). Work enqueued
+	// through this engine starts at once. Defaults to DefaultPollInterval.
+	PollInterval time.Duration
+	// MaintenanceInterval is how often the engine ends operations whose
+	// deadline passed while nobody held them (±20 % jitter). Defaults to
+	// DefaultMaintenanceInterval.
+	MaintenanceInterval time.Duration
 }
 
 func (c *Config) withDefaults() (Config, error) {
@@ -148,11 +204,8 @@ func (c *Config) withDefaults() (Config, error) {
 	if out.VerifyTimeout == 0 {
 		out.VerifyTimeout = DefaultVerifyTimeout
 	}
-	if out.Retry.Multiplier < 0 || (out.Retry.Multiplier > 0 && out.Retry.Multiplier < 1) {
-		return out, fmt.Errorf("upgrader: config: Retry.Multiplier %v must be >= 1", out.Retry.Multiplier)
-	}
-	if out.Retry.RandomizationFactor > 1 {
-		return out, fmt.Errorf("upgrader: config: Retry.RandomizationFactor %v must be <= 1", out.Retry.RandomizationFactor)
+	if err := out.Retry.Validate(); err != nil {
+		return out, fmt.Errorf("upgrader: config: %w", err)
 	}
 	out.Retry = out.Retry.withDefaults()
 	if out.ImageMap == nil {
@@ -172,6 +225,38 @@ func (c *Config) withDefaults() (Config, error) {
 	}
 	if out.EventBuffer == 0 {
 		out.EventBuffer = DefaultEventBuffer
+	}
+	if out.EventBuffer > MaxEventBuffer {
+		return out, fmt.Errorf("upgrader: config: EventBuffer %d is over MaxEventBuffer (%d)", out.EventBuffer, MaxEventBuffer)
+	}
+	for _, d := range []struct {
+		name string
+		v    *time.Duration
+		def  time.Duration
+	}{
+		{"LeaseDuration", &out.LeaseDuration, DefaultLeaseDuration},
+		{"PollInterval", &out.PollInterval, DefaultPollInterval},
+		{"MaintenanceInterval", &out.MaintenanceInterval, DefaultMaintenanceInterval},
+	} {
+		if *d.v < 0 {
+			return out, fmt.Errorf("upgrader: config: %s is negative (%s)", d.name, *d.v)
+		}
+		if *d.v == 0 {
+			*d.v = d.def
+		}
+	}
+	if out.LeaseDuration < MinLeaseDuration {
+		return out, fmt.Errorf("upgrader: config: LeaseDuration %s is under MinLeaseDuration (%s)", out.LeaseDuration, MinLeaseDuration)
+	}
+	if out.Owner == "" {
+		host, _ := os.Hostname()
+		if len(host) > 32 {
+			host = host[:32]
+		}
+		out.Owner = fmt.Sprintf("%s-%d-%08x", host, os.Getpid(), rand.Uint32())
+	}
+	if err := store.ValidateClaim(out.Owner, 1, out.LeaseDuration); err != nil {
+		return out, fmt.Errorf("upgrader: config: Owner: %w", err)
 	}
 	if out.Now == nil {
 		out.Now = time.Now

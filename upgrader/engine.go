@@ -15,28 +15,41 @@ import (
 )
 
 // Engine runs upgrade operations. Create it with New; it is safe for
-// concurrent use. Upgrade runs one operation in the caller's goroutine and
-// needs no Start; Enqueue hands operations to the workers that Start
-// launches.
+// concurrent use, and any number of engines (in one process or many) may
+// share one store: the store decides who runs each operation (see
+// store.Claims), so an operation never runs twice at once, and a lost
+// engine's operations are taken over when their leases expire.
+//
+// Upgrade and Run run one operation in the caller's goroutine and need no
+// Start; Enqueue leaves the operation to the workers that Start launches,
+// in this engine or any other sharing the store.
 type Engine struct {
 	store  store.Store
 	reg    *Registry
 	cfg    Config
 	log    *slog.Logger
+	owner  string // this engine's name in leases
 	events hub
 
-	mu       sync.Mutex
-	started  bool
-	stopped  bool
-	queue    []string        // operation IDs ready to run
-	queued   map[string]bool // IDs in queue or scheduled
-	timers   map[string]*time.Timer
-	running  map[string]context.CancelCauseFunc // steps in flight (nil: no attempt context yet)
-	waiters  map[string][]chan struct{}         // Wait calls, by operation
-	wake     chan struct{}
-	workCtx  context.Context
+	mu        sync.Mutex
+	started   bool
+	stopped   bool
+	held      map[string]*claim          // operations this engine holds a lease on
+	waiters   map[string][]chan struct{} // Wait calls, by operation
+	renewing  bool                       // the renewer runs
+	renewKick chan struct{}
+	renewWG   sync.WaitGroup
+
+	prod     producer
+	maint    maintenance
+	runCtx   context.Context // ends when Stop begins: no new claims, no maintenance
+	runStop  context.CancelCauseFunc
+	workCtx  context.Context // ends when Stop gives up waiting: interrupts attempts
 	workStop context.CancelCauseFunc
-	workers  sync.WaitGroup
+	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
+	deadOnce sync.Once
+	loops    sync.WaitGroup // producer and maintenance
+	workers  sync.WaitGroup // executors started by the producer
 }
 
 // New returns an engine over s that picks upgraders from reg. cfg may be
@@ -52,14 +65,16 @@ func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Engine{
-		store: s, reg: reg, cfg: c, log: c.Logger,
-		queued:  map[string]bool{},
-		timers:  map[string]*time.Timer{},
-		running: map[string]context.CancelCauseFunc{},
-		waiters: map[string][]chan struct{}{},
-		wake:    make(chan struct{}, 1),
-	}, nil
+	e := &Engine{
+		store: s, reg: reg, cfg: c, log: c.Logger, owner: c.Owner,
+		held:      map[string]*claim{},
+		waiters:   map[string][]chan struct{}{},
+		renewKick: make(chan struct{}, 1),
+		dead:      make(chan struct{}),
+	}
+	e.prod.init()
+	e.maint.hint = make(chan struct{}, 1)
+	return e, nil
 }
 
 // Store returns the engine's store.
@@ -68,55 +83,51 @@ func (e *Engine) Store() store.Store { return e.store }
 // Config returns the engine's configuration with defaults applied.
 func (e *Engine) Config() Config { return e.cfg }
 
+// Owner returns the name this engine claims operations under
+// (store.Operation.LeaseOwner).
+func (e *Engine) Owner() string { return e.owner }
+
 var errStopping = errors.New("upgrader: engine stopping")
 
-// Start launches the workers and resumes every operation of the store that
-// is not terminal (pending ones, retries waiting for their time, and
-// operations interrupted by a crash: those interrupted at or after flashing
-// are verified, never flashed again). It returns at once; ctx only bounds
-// the resumption's store reads. Calling Start again does nothing.
+// ErrStopped is returned by Start and Enqueue on an engine that was
+// stopped: an engine runs once; make a new one (over the same store) to run
+// again.
+var ErrStopped = errors.New("upgrader: engine stopped")
+
+// Start launches the engine's producer (it claims runnable operations from
+// the store as workers are free: pending ones, retries whose time came, and
+// operations whose engine was lost — those at or after flashing are
+// verified, never flashed again), its renewal of leases and its maintenance
+// (deadlines). It returns at once; ctx is not used after Start returns.
+// Calling Start again does nothing; Start after Stop is ErrStopped.
 func (e *Engine) Start(ctx context.Context) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.stopped {
+		return ErrStopped
+	}
 	if e.started {
-		e.mu.Unlock()
 		return nil
 	}
-	if e.stopped {
-		e.mu.Unlock()
-		return errors.New("upgrader: Start after Stop")
-	}
-	e.mu.Unlock()
-
-	// Read what to resume first: if that fails, Start can be called again.
-	ops, err := e.store.ListOperations(ctx, store.OperationFilter{States: []status.State{status.Pending, status.InProgress}})
-	if err != nil {
-		return fmt.Errorf("upgrader: resume operations: %w", err)
-	}
-	e.mu.Lock()
-	if e.started || e.stopped {
-		e.mu.Unlock()
-		return nil // a concurrent Start won, or Stop came first
-	}
 	e.started = true
+	e.runCtx, e.runStop = context.WithCancelCause(context.Background())
 	e.workCtx, e.workStop = context.WithCancelCause(context.Background())
-	for i := 0; i < e.cfg.Workers; i++ {
-		e.workers.Add(1)
-		go e.worker()
-	}
-	e.mu.Unlock()
-	for _, op := range ops {
-		e.schedule(op.ID, op.NextAttemptAt)
-	}
+	e.loops.Add(2)
+	go e.produce()
+	go e.maintain()
 	return nil
 }
 
-// Stop stops taking new work and waits for the workers' attempts in flight
-// to end, until ctx ends. Then it interrupts what is left: an interrupted attempt
-// before flashing is left waiting for a retry, one at or after flashing is
-// left for verification, both resumed by the next Start on the same store.
-// Synchronous Upgrade and Run calls are governed by their callers' contexts,
-// not by Stop. Stop ends every event subscription. Calling it again does
-// nothing.
+// Stop stops claiming new work and waits for the attempts in flight to end,
+// until ctx ends. Then it interrupts what is left: an interrupted attempt
+// before flashing is left for a new attempt, one at or after flashing for
+// verification; their leases are released, so any engine sharing the store
+// (or the next one started) takes them over at once. Synchronous Upgrade
+// and Run calls are governed by their callers' contexts, not by Stop. Stop
+// ends every event subscription. Calling it again does nothing.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	if e.stopped {
@@ -124,16 +135,15 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.stopped = true
-	for id, t := range e.timers {
-		t.Stop()
-		delete(e.timers, id)
-	}
-	e.queue = nil
 	started := e.started
 	e.mu.Unlock()
-	if started {
-		close(e.wake)
+	if !started {
+		e.kill()
+		e.events.closeAll()
+		return nil
 	}
+	e.runStop(errStopping)
+	e.loops.Wait() // the producer starts no executor after this
 
 	done := make(chan struct{})
 	go func() {
@@ -145,96 +155,22 @@ func (e *Engine) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		if started {
-			e.workStop(errStopping) // interrupts the workers' attempts
-		}
+		e.kill() // interrupts the attempts
 		<-done
 	}
-	if started {
-		e.workStop(errStopping)
-	}
+	e.kill()
 	e.events.closeAll()
 	return err
 }
 
-// schedule queues op id to run at time at (zero or past = now).
-func (e *Engine) schedule(id string, at time.Time) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if e.stopped || !e.started || e.queued[id] {
-		return
-	}
-	e.queued[id] = true
-	if d := at.Sub(e.cfg.Now()); d > 0 {
-		e.timers[id] = time.AfterFunc(d, func() {
-			e.mu.Lock()
-			defer e.mu.Unlock()
-			if e.stopped {
-				return
-			}
-			delete(e.timers, id)
-			e.queue = append(e.queue, id)
-			e.signal()
-		})
-		return
-	}
-	e.queue = append(e.queue, id)
-	e.signal()
-}
-
-func (e *Engine) signal() {
-	select {
-	case e.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (e *Engine) next() (string, bool) {
-	for {
-		e.mu.Lock()
-		if e.stopped {
-			e.mu.Unlock()
-			return "", false
+// kill interrupts every worker's attempt and stops write retries.
+func (e *Engine) kill() {
+	e.deadOnce.Do(func() {
+		if e.workStop != nil {
+			e.workStop(errStopping)
 		}
-		if len(e.queue) > 0 {
-			id := e.queue[0]
-			e.queue[0] = ""
-			e.queue = e.queue[1:]
-			delete(e.queued, id)
-			if len(e.queue) > 0 {
-				e.signal() // let another idle worker take the next one
-			}
-			e.mu.Unlock()
-			return id, true
-		}
-		e.mu.Unlock()
-		if _, ok := <-e.wake; !ok {
-			return "", false
-		}
-	}
-}
-
-func (e *Engine) worker() {
-	defer e.workers.Done()
-	for {
-		id, ok := e.next()
-		if !ok {
-			return
-		}
-		op, retryAt, err := e.step(e.workCtx, id)
-		switch {
-		case err != nil:
-			e.log.Error("operation step failed", slog.String("operation", id), slog.Any("error", err))
-			if !op.State.Terminal() && !errors.Is(err, store.ErrNotFound) && e.workCtx.Err() == nil {
-				e.schedule(id, e.cfg.Now().Add(time.Second))
-			}
-		case !op.State.Terminal():
-			if !op.Deadline.IsZero() && op.Deadline.Before(retryAt) {
-				retryAt = op.Deadline // time out on time, not at the next retry
-			}
-			e.schedule(id, retryAt)
-		}
-	}
+		close(e.dead)
+	})
 }
 
 // Request asks for the upgrade of one device to one image.
@@ -295,11 +231,9 @@ func (e *Engine) Create(ctx context.Context, req Request) (store.Operation, erro
 	if err := e.checkFit(d, im); err != nil {
 		return store.Operation{}, err
 	}
-	if u, ok := e.reg.Lookup(d.Connection); ok && len(req.Options) > 0 {
-		if v, ok := u.(OptionsValidator); ok {
-			if err := v.ValidateOptions(req.Options); err != nil {
-				return store.Operation{}, fmt.Errorf("upgrader: options: %w", err)
-			}
+	if u, ok := e.reg.Lookup(d.Connection); ok {
+		if err := validateOptions(u, req.Options); err != nil {
+			return store.Operation{}, &RefusedError{Reason: status.ReasonInvalidOptions, Err: fmt.Errorf("options: %w", err)}
 		}
 	}
 	op, err := e.store.CreateOperation(ctx, store.Operation{DeviceID: d.ID, ImageID: im.ID, Options: req.Options})
@@ -366,15 +300,44 @@ func (e *Engine) Upgrade(ctx context.Context, req Request) (store.Operation, err
 }
 
 // Run runs an existing operation in the caller's goroutine until it ends,
-// like Upgrade.
+// like Upgrade. It claims the operation in the store for each attempt; when
+// another engine (or this engine's workers) holds it, Run waits for that
+// holder to end it, or for its lease to lapse and then takes over. If ctx
+// ends while another engine holds the operation, Run asks for a cancel
+// (which wins only before flashing) and returns the operation as it is with
+// ctx's error.
 func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 	for {
-		op, retryAt, err := e.step(ctx, id)
+		rctx, cancel := ctx, context.CancelFunc(func() {})
+		if ctx.Err() != nil {
+			// The caller gave up: still claim, to end it or leave it resumable.
+			rctx, cancel = writeContext(ctx)
+		}
+		claimed, err := e.store.ClaimOperation(rctx, id, e.owner, e.cfg.LeaseDuration)
+		cancel()
+		switch {
+		case errors.Is(err, store.ErrLeased):
+			if op, err := e.awaitHolder(ctx, id); err != nil || op.State.Terminal() {
+				return op, err
+			}
+			continue
+		case errors.Is(err, store.ErrInvalidTransition):
+			rctx, cancel := writeContext(ctx)
+			op, err := e.store.Operation(rctx, id) // it ended
+			cancel()
+			return op, err
+		case err != nil:
+			return claimed, err
+		}
+		op, retryAt, err := e.execute(ctx, claimed)
 		if err != nil {
 			return op, err
 		}
 		if op.State.Terminal() {
 			return op, nil
+		}
+		if retryAt.IsZero() {
+			continue // interrupted or lost: look again
 		}
 		wait := retryAt.Sub(e.cfg.Now())
 		if !op.Deadline.IsZero() {
@@ -397,20 +360,53 @@ func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 	}
 }
 
-// Enqueue creates the operation for req (see Create) and hands it to the
-// workers. Start must have been called.
+// awaitHolder waits while someone else holds operation id: until it ends,
+// its lease lapses, or ctx ends (then it asks for a cancel).
+func (e *Engine) awaitHolder(ctx context.Context, id string) (store.Operation, error) {
+	if ctx.Err() != nil {
+		wctx, cancel := writeContext(ctx)
+		defer cancel()
+		op, err := e.Cancel(wctx, id)
+		if err != nil && !errors.Is(err, ErrNotCancellable) {
+			return op, err
+		}
+		return op, ctx.Err()
+	}
+	op, err := e.store.Operation(ctx, id)
+	if err != nil || op.State.Terminal() {
+		return op, err
+	}
+	wait := min(max(op.LeaseExpiresAt.Sub(time.Now()), 10*time.Millisecond), 500*time.Millisecond)
+	woken := e.waiter(id)
+	defer e.dropWaiter(id, woken)
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-woken:
+	case <-ctx.Done():
+	}
+	return op, nil
+}
+
+// Enqueue creates the operation for req (see Create) and wakes this
+// engine's producer; any started engine sharing the store may run it.
+// Start must have been called.
 func (e *Engine) Enqueue(ctx context.Context, req Request) (store.Operation, error) {
 	e.mu.Lock()
-	ok := e.started && !e.stopped
+	started, stopped := e.started, e.stopped
 	e.mu.Unlock()
-	if !ok {
+	if stopped {
+		return store.Operation{}, ErrStopped
+	}
+	if !started {
 		return store.Operation{}, errors.New("upgrader: Enqueue needs a started engine")
 	}
 	op, err := e.Create(ctx, req)
 	if err != nil {
 		return op, err
 	}
-	e.schedule(op.ID, time.Time{})
+	e.prod.wake()
 	return op, nil
 }
 
@@ -421,8 +417,10 @@ var ErrNotCancellable = errors.New("upgrader: operation can no longer be cancell
 // Cancel cancels an operation that is pending, or in progress before
 // flashing, with a compare-and-set in the store: if the operation entered
 // status.PhaseFlashing first, Cancel returns ErrNotCancellable and the
-// upgrade goes on. A running attempt is interrupted; it restarts the
-// services it stopped. Cancel returns the operation as it is afterwards.
+// upgrade goes on. A running attempt is interrupted: at once when this
+// engine runs it, within one lease renewal (Config.LeaseDuration/3) when
+// another engine sharing the store does; it restarts the services it
+// stopped. Cancel returns the operation as it is afterwards.
 func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error) {
 	for range 5 {
 		op, err := e.store.Operation(ctx, id)
@@ -445,16 +443,9 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error)
 		if err != nil {
 			return op, err
 		}
-		e.mu.Lock()
-		if stop := e.running[id]; stop != nil {
-			stop(ErrCancelled)
+		if c := e.heldClaim(id); c != nil {
+			c.markCancelled() // here at once; another engine's holder learns it at its next renewal
 		}
-		if t, ok := e.timers[id]; ok {
-			t.Stop()
-			delete(e.timers, id)
-			delete(e.queued, id)
-		}
-		e.mu.Unlock()
 		e.published(upd, EventOperationState)
 		e.events.publish(Event{Kind: EventOperationLog, Time: e.cfg.Now(), OperationID: id, DeviceID: upd.DeviceID, BatchID: upd.BatchID, Line: "cancelled by user"})
 		return upd, nil
@@ -462,9 +453,11 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error)
 	return store.Operation{}, fmt.Errorf("upgrader: cancel %s: the operation kept changing", id)
 }
 
-// Wait blocks until operation id is terminal or ctx ends, and returns it.
-// It is woken by this engine's own transitions and polls the store every
-// half second for changes made elsewhere.
+// Wait blocks until operation id is terminal or ctx ends, and returns it,
+// whichever engine ends it: it is woken by this engine's own transitions and
+// polls the store every half second for changes made elsewhere. When the
+// operation ended in success, its device's firmware record
+// (store.DeviceFirmware) is already written.
 func (e *Engine) Wait(ctx context.Context, id string) (store.Operation, error) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()

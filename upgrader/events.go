@@ -112,7 +112,7 @@ func (h *hub) closeAll() {
 
 // Subscribe returns a channel of the engine's events and a function that
 // ends the subscription and closes the channel. buffer is the channel's
-// capacity (0 = Config.EventBuffer). A subscriber that does not keep up
+// capacity (0 = Config.EventBuffer; at most MaxEventBuffer). A subscriber that does not keep up
 // never slows upgrades down: events that do not fit are dropped, and the
 // next event it receives says how many in Event.Dropped. Subscriptions end
 // (their channels close) when Stop returns; a Subscribe after Stop returns a
@@ -122,6 +122,7 @@ func (e *Engine) Subscribe(buffer int) (<-chan Event, func()) {
 	if buffer <= 0 {
 		buffer = e.cfg.EventBuffer
 	}
+	buffer = min(buffer, MaxEventBuffer) // a buffer too large to allocate is capped, not a crash
 	return e.events.subscribe(buffer)
 }
 

@@ -157,16 +157,16 @@ func TestStopInterruptsVerification(t *testing.T) {
 	assert.Equal(t, status.InProgress, o.State, "left for the next Start to verify, not failed")
 }
 
-// racyStore moves an operation into flashing right after the engine reads
-// it once: another process winning a race.
+// racyStore moves an operation into flashing right after the engine claims
+// it once: another writer winning a race.
 type racyStore struct {
 	*memory.Store
 	mu  sync.Mutex
 	arm bool
 }
 
-func (s *racyStore) Operation(ctx context.Context, id string) (store.Operation, error) {
-	op, err := s.Store.Operation(ctx, id)
+func (s *racyStore) ClaimOperation(ctx context.Context, id, owner string, lease time.Duration) (store.Operation, error) {
+	op, err := s.Store.ClaimOperation(ctx, id, owner, lease)
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.arm {

@@ -12,6 +12,7 @@ import (
 // reporter is the engine's Reporter for one attempt.
 type reporter struct {
 	e         *Engine
+	c         *claim          // the claim the attempt runs under: its token fences every write
 	op        store.Operation // as the attempt started
 	verifying bool            // a Verify call: phases stay at or after flashing
 }
@@ -25,14 +26,14 @@ func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 	if err := r.Cancelled(ctx); err != nil {
 		return err
 	}
-	u := store.OperationUpdate{From: status.InProgress, Phase: &p}
+	u := store.OperationUpdate{From: status.InProgress, Phase: &p, Token: r.c.token}
 	if p == status.PhaseFlashing {
 		u.Progress = store.Ptr(status.ProgressFlashing) // the milestone, in the same CAS
 	}
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
 	op, err := r.e.store.UpdateOperation(wctx, r.op.ID, u)
-	if errors.Is(err, store.ErrInvalidTransition) {
+	if errors.Is(err, store.ErrInvalidTransition) || errors.Is(err, store.ErrStaleToken) {
 		return r.why(wctx, err)
 	}
 	if err != nil {
@@ -42,8 +43,13 @@ func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 	return nil
 }
 
-// why turns a refused update into ErrCancelled when a cancel won.
+// why turns a refused update into ErrCancelled when a cancel won, and into
+// errLeaseLost when the claim was lost.
 func (r *reporter) why(ctx context.Context, err error) error {
+	if errors.Is(err, store.ErrStaleToken) {
+		r.c.markLost()
+		return fmt.Errorf("%w: %v", errLeaseLost, err)
+	}
 	cur, gerr := r.e.store.Operation(ctx, r.op.ID)
 	if gerr == nil && cur.State == status.Cancelled {
 		return fmt.Errorf("%w (%v)", ErrCancelled, err)
@@ -60,8 +66,8 @@ func (r *reporter) Progress(ctx context.Context, percent int) error {
 	}
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	err := r.e.store.SetProgress(wctx, r.op.ID, 0, percent)
-	if errors.Is(err, store.ErrInvalidTransition) {
+	err := r.e.store.SetProgress(wctx, r.op.ID, r.c.token, percent)
+	if errors.Is(err, store.ErrInvalidTransition) || errors.Is(err, store.ErrStaleToken) {
 		return r.why(wctx, err)
 	}
 	if err != nil {
@@ -75,7 +81,10 @@ func (r *reporter) Progress(ctx context.Context, percent int) error {
 func (r *reporter) Log(ctx context.Context, line string) error {
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
-	if err := r.e.store.AppendLog(wctx, r.op.ID, 0, line); err != nil {
+	if err := r.e.store.AppendLog(wctx, r.op.ID, r.c.token, line); err != nil {
+		if errors.Is(err, store.ErrStaleToken) {
+			return r.why(wctx, err)
+		}
 		return err
 	}
 	r.e.logEvent(r.op, store.TruncateLogLine(line))
@@ -85,6 +94,9 @@ func (r *reporter) Log(ctx context.Context, line string) error {
 func (r *reporter) Cancelled(ctx context.Context) error {
 	if errors.Is(context.Cause(ctx), ErrCancelled) {
 		return ErrCancelled
+	}
+	if r.c.gone() {
+		return errLeaseLost
 	}
 	if r.verifying {
 		return ctx.Err()
@@ -98,6 +110,10 @@ func (r *reporter) Cancelled(ctx context.Context) error {
 	}
 	if op.State == status.Cancelled {
 		return ErrCancelled
+	}
+	if op.Token != r.c.token {
+		r.c.markLost()
+		return errLeaseLost
 	}
 	return ctx.Err()
 }

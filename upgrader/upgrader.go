@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"reflect"
 	"sync"
 
 	"github.com/fwupgrader/fwupgrader/status"
@@ -197,14 +198,18 @@ type Registry struct {
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry { return &Registry{m: map[string]Upgrader{}} }
 
-// Register maps kind to u. It refuses an empty kind, a nil upgrader and a
-// kind registered twice.
+// Register maps kind to u. It refuses an empty kind, a nil upgrader (a
+// typed nil pointer too) and a kind registered twice.
 func (r *Registry) Register(kind string, u Upgrader) error {
 	if kind == "" {
 		return errors.New("upgrader: register: empty connection kind")
 	}
 	if u == nil {
 		return fmt.Errorf("upgrader: register %q: nil upgrader", kind)
+	}
+	if v := reflect.ValueOf(u); (v.Kind() == reflect.Pointer || v.Kind() == reflect.Map || v.Kind() == reflect.Func ||
+		v.Kind() == reflect.Interface || v.Kind() == reflect.Slice || v.Kind() == reflect.Chan) && v.IsNil() {
+		return fmt.Errorf("upgrader: register %q: nil upgrader (a typed nil %T)", kind, u)
 	}
 	r.mu.Lock()
 	defer r.mu.Unlock()

@@ -11,23 +11,51 @@ import (
 )
 
 // Reporter is a recording upgrader.Reporter with the engine's cancel rules:
-// Cancel and entering PhaseFlashing exclude each other, exactly one wins.
+// Cancel and entering PhaseFlashing exclude each other, exactly one wins;
+// like the engine's, it refuses Phase once the caller's context has ended.
 // It is safe for concurrent use.
 type Reporter struct {
 	mu        sync.Mutex
-	phases    []status.Phase
+	phases    []status.Phase // entered
+	calls     []phaseCall    // every Phase call, entered or refused
 	progress  []int
+	invalid   []int // progress values refused as out of range
 	lines     []string
 	cancelled bool
+	// onPhase, when set, runs after every Phase call (without the lock held)
+	// with the phase and the call's result; Run uses it to cancel an
+	// attempt while the upgrader works in a phase.
+	onPhase func(p status.Phase, err error)
 	// CancelAt, when set, makes the Reporter cancel itself when the
 	// upgrader enters that phase (the Phase call then fails).
 	CancelAt status.Phase
 }
 
+// phaseCall is one call of Reporter.Phase.
+type phaseCall struct {
+	phase status.Phase
+	err   error
+}
+
 var _ upgrader.Reporter = (*Reporter)(nil)
 
-// Phase implements upgrader.Reporter.
+// Phase implements upgrader.Reporter. It returns an error matching
+// upgrader.ErrCancelled once a cancel won, ctx.Err() when ctx has ended, and
+// an error for an unknown phase or a phase before PhaseFlashing once
+// flashing started; a refused phase is not entered (see Refused).
 func (r *Reporter) Phase(ctx context.Context, p status.Phase) error {
+	err := r.phase(ctx, p)
+	r.mu.Lock()
+	r.calls = append(r.calls, phaseCall{phase: p, err: err})
+	hook := r.onPhase
+	r.mu.Unlock()
+	if hook != nil {
+		hook(p, err)
+	}
+	return err
+}
+
+func (r *Reporter) phase(ctx context.Context, p status.Phase) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if !p.Valid() || p == status.PhaseNone {
@@ -39,11 +67,14 @@ func (r *Reporter) Phase(ctx context.Context, p status.Phase) error {
 	if r.cancelled {
 		return upgrader.ErrCancelled
 	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
 	if r.pastFlash() && !p.AfterPointOfNoReturn() {
 		return fmt.Errorf("upgradertest: phase %s after flashing started", p)
 	}
 	r.phases = append(r.phases, p)
-	return ctx.Err()
+	return nil
 }
 
 func (r *Reporter) pastFlash() bool {
@@ -53,6 +84,9 @@ func (r *Reporter) pastFlash() bool {
 // Progress implements upgrader.Reporter.
 func (r *Reporter) Progress(_ context.Context, percent int) error {
 	if err := status.ValidateProgress(percent); err != nil {
+		r.mu.Lock()
+		r.invalid = append(r.invalid, percent)
+		r.mu.Unlock()
 		return err
 	}
 	r.mu.Lock()
@@ -96,6 +130,40 @@ func (r *Reporter) Phases() []status.Phase {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return slices.Clone(r.phases)
+}
+
+// Refused returns the phases whose Phase call returned an error, in order.
+func (r *Reporter) Refused() []status.Phase {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []status.Phase
+	for _, c := range r.calls {
+		if c.err != nil {
+			out = append(out, c.phase)
+		}
+	}
+	return out
+}
+
+// phaseCalls returns every Phase call, in order.
+func (r *Reporter) phaseCalls() []phaseCall {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.calls)
+}
+
+// setOnPhase sets the hook run after every Phase call.
+func (r *Reporter) setOnPhase(f func(p status.Phase, err error)) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.onPhase = f
+}
+
+// invalidProgress returns the progress values refused as out of range.
+func (r *Reporter) invalidProgress() []int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.invalid)
 }
 
 // ProgressValues returns every progress value reported, in order.

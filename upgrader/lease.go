@@ -1,0 +1,192 @@
+package upgrader
+
+import (
+	"context"
+	"errors"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// errLeaseLost is the cause of an attempt's context when the engine lost
+// its claim on the operation (another engine took it over after the lease
+// expired, or the lease could not be renewed in time). The attempt stops
+// and writes nothing more: the store refuses its token anyway.
+var errLeaseLost = errors.New("upgrader: lease lost: another engine may run the operation")
+
+// claim is an operation this engine holds a lease on, while a worker or a
+// synchronous Run works on it.
+type claim struct {
+	id    string
+	token int64
+
+	mu        sync.Mutex
+	cancel    context.CancelCauseFunc // the attempt's context, while one runs
+	lost      chan struct{}           // closed when the lease is lost
+	isLost    bool
+	cancelled bool      // a cancel was requested
+	renewedAt time.Time // last time the lease was known held (engine clock)
+}
+
+// setCancel installs the cancel function of the running attempt's context;
+// a cancel or a loss already seen cancels it at once.
+func (c *claim) setCancel(f context.CancelCauseFunc) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cancel = f
+	switch {
+	case f == nil:
+	case c.isLost:
+		f(errLeaseLost)
+	case c.cancelled:
+		f(ErrCancelled)
+	}
+}
+
+// markLost records that the lease is gone and interrupts the attempt.
+func (c *claim) markLost() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.isLost {
+		return
+	}
+	c.isLost = true
+	close(c.lost)
+	if c.cancel != nil {
+		c.cancel(errLeaseLost)
+	}
+}
+
+// markCancelled records a user's cancel and interrupts the attempt.
+func (c *claim) markCancelled() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cancelled = true
+	if c.cancel != nil {
+		c.cancel(ErrCancelled)
+	}
+}
+
+func (c *claim) gone() bool {
+	select {
+	case <-c.lost:
+		return true
+	default:
+		return false
+	}
+}
+
+// hold registers a claimed operation so that the renewer keeps its lease
+// alive, and starts the renewer if it is not running.
+func (e *Engine) hold(op store.Operation) *claim {
+	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), renewedAt: e.cfg.Now()}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.held[op.ID] = c
+	if !e.renewing {
+		e.renewing = true
+		e.renewWG.Add(1)
+		go e.renew()
+	}
+	return c
+}
+
+// unhold forgets c and releases its lease when release is set (the operation
+// did not end: it becomes claimable again at its NextAttemptAt).
+func (e *Engine) unhold(c *claim, release bool) {
+	e.mu.Lock()
+	if e.held[c.id] == c {
+		delete(e.held, c.id)
+	}
+	if len(e.held) == 0 {
+		select { // let the renewer see there is nothing left and return
+		case e.renewKick <- struct{}{}:
+		default:
+		}
+	}
+	e.mu.Unlock()
+	if !release || c.gone() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
+	defer cancel()
+	if err := e.store.ReleaseOperation(ctx, c.id, c.token); err != nil && !errors.Is(err, store.ErrStaleToken) {
+		// Not fatal: the lease expires on its own.
+		e.log.Warn("releasing a lease failed", slog.String("operation", c.id), slog.Any("error", err))
+	}
+}
+
+// renew keeps the leases of every held claim alive, in one store call per
+// round, every third of Config.LeaseDuration. A lease reported lost, or not
+// renewed for a whole lease length (the store unreachable), interrupts its
+// attempt; a cancel reported through the renewal interrupts it too. It
+// returns when nothing is held.
+func (e *Engine) renew() {
+	defer e.renewWG.Done()
+	every := e.cfg.LeaseDuration / 3
+	t := time.NewTimer(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-e.renewKick:
+		}
+		e.mu.Lock()
+		if len(e.held) == 0 {
+			e.renewing = false
+			e.mu.Unlock()
+			return
+		}
+		claims := make([]*claim, 0, len(e.held))
+		leases := make([]store.Lease, 0, len(e.held))
+		for _, c := range e.held {
+			claims = append(claims, c)
+			leases = append(leases, store.Lease{OperationID: c.id, Token: c.token})
+		}
+		e.mu.Unlock()
+		e.renewOnce(claims, leases)
+		t.Reset(every)
+	}
+}
+
+func (e *Engine) renewOnce(claims []*claim, leases []store.Lease) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.LeaseDuration/3)
+	defer cancel()
+	now := e.cfg.Now()
+	rs, err := e.store.RenewLeases(ctx, e.owner, e.cfg.LeaseDuration, leases)
+	if err != nil || len(rs) != len(leases) {
+		e.log.Warn("renewing leases failed", slog.Int("leases", len(leases)), slog.Any("error", err))
+		for _, c := range claims {
+			c.mu.Lock()
+			stale := now.Sub(c.renewedAt) >= e.cfg.LeaseDuration
+			c.mu.Unlock()
+			if stale {
+				c.markLost() // the store may have given it to someone else by now
+			}
+		}
+		return
+	}
+	for i, r := range rs {
+		c := claims[i]
+		switch r.Status {
+		case store.LeaseHeld:
+			c.mu.Lock()
+			c.renewedAt = now
+			c.mu.Unlock()
+		case store.LeaseCancelRequested:
+			c.markCancelled()
+		default:
+			e.log.Warn("lease lost", slog.String("operation", c.id), slog.Int64("token", c.token))
+			c.markLost()
+		}
+	}
+}
+
+// heldClaim returns this engine's claim on operation id, if any.
+func (e *Engine) heldClaim(id string) *claim {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.held[id]
+}

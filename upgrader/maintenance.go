@@ -1,0 +1,93 @@
+package upgrader
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// expireBatch is how many operations one ExpireDeadlines call ends.
+const expireBatch = 500
+
+// maintenance ends, at their deadline, the operations nobody holds
+// (pending, or waiting for a retry) with the store's compare-and-set
+// ExpireDeadlines, so several engines may run it at once. Operations whose
+// engine was lost need no scan: their expired lease makes them claimable,
+// and the executor that claims one starts a new attempt before flashing or
+// verifies at or after it.
+type maintenance struct {
+	mu   sync.Mutex
+	next time.Time
+	hint chan struct{}
+}
+
+func (m *maintenance) wakeAt(t time.Time) {
+	m.mu.Lock()
+	if m.next.IsZero() || t.Before(m.next) {
+		m.next = t
+	}
+	m.mu.Unlock()
+	select {
+	case m.hint <- struct{}{}:
+	default:
+	}
+}
+
+func (e *Engine) maintain() {
+	defer e.loops.Done()
+	m := &e.maint
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-e.runCtx.Done():
+			return
+		case <-t.C:
+		case <-m.hint:
+		}
+		m.mu.Lock()
+		due := !m.next.IsZero() && !e.cfg.Now().Before(m.next)
+		if due {
+			m.next = time.Time{}
+		}
+		m.mu.Unlock()
+		e.expireDeadlines(e.runCtx)
+		wait := jitter(e.cfg.MaintenanceInterval)
+		m.mu.Lock()
+		if !m.next.IsZero() {
+			wait = min(wait, max(m.next.Sub(e.cfg.Now()), 0))
+		}
+		m.mu.Unlock()
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+		t.Reset(wait)
+	}
+}
+
+// expireDeadlines ends every operation whose deadline passed and that
+// nobody holds, and tells the host.
+func (e *Engine) expireDeadlines(ctx context.Context) {
+	for {
+		ops, err := e.store.ExpireDeadlines(ctx, expireBatch)
+		if err != nil {
+			if ctx.Err() == nil {
+				e.log.Warn("expiring deadlines failed", slog.Any("error", err))
+			}
+			return
+		}
+		for _, op := range ops {
+			e.logEvent(op, "operation timed out")
+			e.published(op, EventOperationState)
+			e.log.Info("operation ended", slog.String("operation", op.ID), slog.String("device", op.DeviceID),
+				slog.String("state", string(op.State)), slog.String("reason", string(op.Reason)))
+		}
+		if len(ops) < expireBatch {
+			return
+		}
+	}
+}

@@ -1,0 +1,128 @@
+package upgrader
+
+import (
+	"log/slog"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// producer claims runnable operations from the store as this engine's
+// worker slots free up, and starts an executor for each. It wakes on a
+// local hint (Enqueue, a slot freed), at the time a retry it scheduled is
+// due, or at a poll interval with jitter (work enqueued or released by other
+// engines). Nothing but a claim starts an attempt.
+type producer struct {
+	mu     sync.Mutex
+	hint   chan struct{}
+	next   time.Time // earliest retry this engine scheduled (zero = none)
+	active int       // executors running
+}
+
+func (p *producer) init() { p.hint = make(chan struct{}, 1) }
+
+// wake makes the producer look for work now.
+func (p *producer) wake() {
+	select {
+	case p.hint <- struct{}{}:
+	default:
+	}
+}
+
+// wakeAt makes the producer look for work at t at the latest.
+func (p *producer) wakeAt(t time.Time) {
+	p.mu.Lock()
+	if p.next.IsZero() || t.Before(p.next) {
+		p.next = t
+	}
+	p.mu.Unlock()
+	p.wake()
+}
+
+// jitter spreads d by ±20 %, so that engines started together do not poll
+// the store in step.
+func jitter(d time.Duration) time.Duration {
+	return d - d/5 + rand.N(2*d/5+1)
+}
+
+func (e *Engine) produce() {
+	defer e.loops.Done()
+	p := &e.prod
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		p.mu.Lock()
+		free := e.cfg.Workers - p.active
+		p.mu.Unlock()
+		full := false
+		if free > 0 {
+			ops, err := e.store.ClaimOperations(e.runCtx, e.owner, free, e.cfg.LeaseDuration)
+			if err != nil && e.runCtx.Err() == nil {
+				e.log.Warn("claiming operations failed", slog.Any("error", err))
+			}
+			for _, op := range ops {
+				e.startWorker(op)
+			}
+			full = len(ops) == free
+		}
+		if full {
+			continue // there may be more: look again once a slot frees
+		}
+		wait := jitter(e.cfg.PollInterval)
+		p.mu.Lock()
+		if !p.next.IsZero() {
+			if d := p.next.Sub(e.cfg.Now()); d < wait {
+				wait = max(d, 0)
+			}
+		}
+		p.mu.Unlock()
+		t.Reset(wait)
+		select {
+		case <-e.runCtx.Done():
+			return
+		case <-p.hint:
+		case <-t.C:
+			p.mu.Lock()
+			if !p.next.IsZero() && !e.cfg.Now().Before(p.next) {
+				p.next = time.Time{}
+			}
+			p.mu.Unlock()
+		}
+		if !t.Stop() {
+			select {
+			case <-t.C:
+			default:
+			}
+		}
+	}
+}
+
+// startWorker runs one claimed operation in its own goroutine, holding one
+// of the engine's worker slots.
+func (e *Engine) startWorker(op store.Operation) {
+	p := &e.prod
+	p.mu.Lock()
+	p.active++
+	p.mu.Unlock()
+	e.workers.Add(1)
+	go func() {
+		defer e.workers.Done()
+		res, retryAt, err := e.execute(e.workCtx, op)
+		if err != nil {
+			e.log.Error("operation step failed", slog.String("operation", op.ID), slog.Any("error", err))
+		}
+		p.mu.Lock()
+		p.active--
+		p.mu.Unlock()
+		if !res.State.Terminal() && !retryAt.IsZero() {
+			if !res.Deadline.IsZero() && res.Deadline.Before(retryAt) {
+				e.maint.wakeAt(res.Deadline) // time out on time, not at the next retry
+			}
+			p.wakeAt(retryAt)
+		} else {
+			p.wake()
+		}
+	}()
+}
