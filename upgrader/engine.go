@@ -49,7 +49,8 @@ type Engine struct {
 	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
 	deadOnce sync.Once
 	loops    sync.WaitGroup // producer and maintenance
-	workers  sync.WaitGroup // executors started by the producer
+	jobs     chan store.Operation // claimed operations, from the producer to the workers
+	workers  sync.WaitGroup
 }
 
 // New returns an engine over s that picks upgraders from reg. cfg may be
@@ -115,6 +116,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.started = true
 	e.runCtx, e.runStop = context.WithCancelCause(context.Background())
 	e.workCtx, e.workStop = context.WithCancelCause(context.Background())
+	e.jobs = make(chan store.Operation, e.cfg.Workers)
+	e.workers.Add(e.cfg.Workers)
+	for range e.cfg.Workers {
+		go e.worker()
+	}
 	e.loops.Add(2)
 	go e.produce()
 	go e.maintain()
@@ -143,7 +149,8 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.runStop(errStopping)
-	e.loops.Wait() // the producer starts no executor after this
+	e.loops.Wait() // the producer hands out nothing after this
+	close(e.jobs)
 
 	done := make(chan struct{})
 	go func() {

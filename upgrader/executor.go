@@ -492,10 +492,11 @@ func (e *Engine) persist(c *claim, write func(ctx context.Context) error) error 
 		backoff.WithMaxElapsedTime(0),
 	)
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), writeTimeout)
-		err := write(ctx)
-		cancel()
+		err := write(c.wctx) // ends when the lease is lost: a hung store call gives up then
 		if err == nil || permanent(err) {
+			return err
+		}
+		if c.gone() {
 			return err
 		}
 		e.log.Warn("store write failed; retrying", slog.String("operation", c.id), slog.Any("error", err))

@@ -22,6 +22,11 @@ type claim struct {
 	id    string
 	token int64
 
+	// wctx bounds the claim's writes: it ends when the lease is lost (a hung
+	// store call gives up then) or the claim is let go.
+	wctx    context.Context
+	wcancel context.CancelFunc
+
 	mu        sync.Mutex
 	cancel    context.CancelCauseFunc // the attempt's context, while one runs
 	lost      chan struct{}           // closed when the lease is lost
@@ -54,6 +59,7 @@ func (c *claim) markLost() {
 	}
 	c.isLost = true
 	close(c.lost)
+	c.wcancel()
 	if c.cancel != nil {
 		c.cancel(errLeaseLost)
 	}
@@ -82,6 +88,7 @@ func (c *claim) gone() bool {
 // alive, and starts the renewer if it is not running.
 func (e *Engine) hold(op store.Operation) *claim {
 	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), renewedAt: e.cfg.Now()}
+	c.wctx, c.wcancel = context.WithCancel(context.Background())
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.held[op.ID] = c
@@ -107,6 +114,7 @@ func (e *Engine) unhold(c *claim, release bool) {
 		}
 	}
 	e.mu.Unlock()
+	defer c.wcancel()
 	if !release || c.gone() {
 		return
 	}

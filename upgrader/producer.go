@@ -99,16 +99,23 @@ func (e *Engine) produce() {
 	}
 }
 
-// startWorker runs one claimed operation in its own goroutine, holding one
-// of the engine's worker slots.
+// startWorker hands one claimed operation to an idle worker, holding one
+// of the engine's worker slots until the worker is done with it.
 func (e *Engine) startWorker(op store.Operation) {
 	p := &e.prod
 	p.mu.Lock()
 	p.active++
 	p.mu.Unlock()
-	e.workers.Add(1)
-	go func() {
-		defer e.workers.Done()
+	e.jobs <- op // never blocks: at most Workers are active
+}
+
+// worker runs the claimed operations the producer hands it, one at a time,
+// until Stop closes the hand-over channel. Long-lived workers keep their
+// grown stacks, which a goroutine per operation would grow again each time.
+func (e *Engine) worker() {
+	defer e.workers.Done()
+	p := &e.prod
+	for op := range e.jobs {
 		res, retryAt, err := e.execute(e.workCtx, op)
 		if err != nil {
 			e.log.Error("operation step failed", slog.String("operation", op.ID), slog.Any("error", err))
@@ -124,5 +131,5 @@ func (e *Engine) startWorker(op store.Operation) {
 		} else {
 			p.wake()
 		}
-	}()
+	}
 }
