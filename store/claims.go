@@ -72,8 +72,9 @@ type Claims interface {
 	// owner's (same token, operation not terminal) to now+lease, expired
 	// ones included as long as no other claim took the operation. It
 	// answers for every lease of held, in the same order: LeaseHeld,
-	// LeaseCancelRequested (renewed, but the operation was cancelled), or
-	// LeaseLost.
+	// LeaseCancelRequested (the owner's claim is the operation's last, but
+	// the operation was cancelled: its lease stays ended, nothing is
+	// renewed), or LeaseLost.
 	RenewLeases(ctx context.Context, owner string, lease time.Duration, held []Lease) ([]Renewal, error)
 	// ReleaseOperation ends the lease of token on operation id, so that the
 	// operation is claimable again as soon as its NextAttemptAt comes. A

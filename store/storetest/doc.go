@@ -21,6 +21,12 @@
 //
 // Subtests are grouped by topic (Category, Build, Image, Device,
 // DeviceFirmware, Operation, Transition, Progress, Log, Batch, Organization,
-// List, Copy, Invalid, Concurrency), so one group or one point can be run
-// alone, e.g. go test -run 'TestConformance/Transition/'.
+// List, Copy, Invalid, Claims, Concurrency), so one group or one point can be
+// run alone, e.g. go test -run 'TestConformance/Transition/'.
+//
+// Lease times come from the store's clock, which the suite does not control:
+// the Claims group uses short real leases (150 ms) and sleeps past them, so it
+// takes about a second; a store whose clock is far from the test machine's
+// still passes, as the suite derives every time it sets (NextAttemptAt,
+// Deadline) from times the store stamped.
 package storetest

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -21,6 +22,10 @@ type world struct {
 	batch                    store.Batch
 	batchRunning, batchIdle  store.Operation
 	imOtherBuildSameOrgAndID store.Image
+	// claimed is in progress (upload), claimed by "engine-1" for an hour,
+	// its second claim (token 2); overdue is pending, its deadline an hour
+	// gone.
+	claimed, overdue store.Operation
 }
 
 func (f *fixture) world() *world {
@@ -47,6 +52,13 @@ func (f *fixture) world() *world {
 	w.batchIdle = ops[1]
 	_, err = f.s.PutDeviceFirmware(f.ctx, store.DeviceFirmware{DeviceID: w.devA2.ID, ImageID: w.imA.ID, Installed: true})
 	require.NoError(f.t, err)
+	first := f.claimedRunning("engine-1", time.Hour, status.PhaseUpload)
+	require.NoError(f.t, f.s.ReleaseOperation(f.ctx, first.ID, first.Token))
+	w.claimed = f.claimOne(first.ID, "engine-1", time.Hour)
+	require.NoError(f.t, f.s.AppendLog(f.ctx, w.claimed.ID, w.claimed.Token, "uploading"))
+	w.overdue = f.op(f.device("org-a").ID, w.imA.ID)
+	past := w.overdue.CreatedAt.Add(-time.Hour)
+	w.overdue = f.update(w.overdue.ID, store.OperationUpdate{From: status.Pending, Deadline: &past})
 	return w
 }
 
@@ -70,6 +82,30 @@ func invalidCases() []invalidCase {
 	flashing := func(w *world) store.Operation { return w.flashing }
 	done := func(w *world) store.Operation { return w.done }
 	batchRunning := func(w *world) store.Operation { return w.batchRunning }
+	batchIdle := func(w *world) store.Operation { return w.batchIdle }
+	claimed := func(w *world) store.Operation { return w.claimed }
+	claim := func(owner string, limit int, lease time.Duration) func(f *fixture, w *world) error {
+		return func(f *fixture, w *world) error { return ignore(f.s.ClaimOperations(f.ctx, owner, limit, lease)) }
+	}
+	claimOne := func(op func(w *world) store.Operation, owner string) func(f *fixture, w *world) error {
+		return func(f *fixture, w *world) error {
+			return ignore(f.s.ClaimOperation(f.ctx, op(w).ID, owner, time.Minute))
+		}
+	}
+	renew := func(owner string, lease time.Duration) func(f *fixture, w *world) error {
+		return func(f *fixture, w *world) error {
+			return ignore(f.s.RenewLeases(f.ctx, owner, lease, []store.Lease{leaseOf(w.claimed)}))
+		}
+	}
+	// fenced calls with tokens of w.claimed that are not its own: the one
+	// before (asserted here) and one after (returned).
+	fenced := func(call func(f *fixture, w *world, tok int64) error) func(f *fixture, w *world) error {
+		return func(f *fixture, w *world) error {
+			require.Greater(f.t, w.claimed.Token, int64(1))
+			require.ErrorIs(f.t, call(f, w, w.claimed.Token-1), store.ErrStaleToken, "the previous claim's token")
+			return call(f, w, w.claimed.Token+1)
+		}
+	}
 	newOp := func(mod func(w *world, op *store.Operation)) func(f *fixture, w *world) error {
 		return func(f *fixture, w *world) error {
 			op := store.Operation{DeviceID: w.devA.ID, ImageID: w.imA.ID}
@@ -204,6 +240,76 @@ func invalidCases() []invalidCase {
 		{"SetProgressTerminal", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.done.ID, 0, 50) }, store.ErrInvalidTransition, ""},
 		{"SetProgressPending", func(f *fixture, w *world) error { return f.s.SetProgress(f.ctx, w.batchIdle.ID, 0, 50) }, store.ErrInvalidTransition, ""},
 		{"AppendLogUnknownOperation", func(f *fixture, w *world) error { return f.s.AppendLog(f.ctx, store.NewID(), 0, "x") }, store.ErrNotFound, ""},
+		// claims
+		{"ClaimEmptyOwner", claim("", 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimBlankOwner", claim("   ", 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimOwnerSurroundingSpace", claim("engine-2 ", 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimOwnerTooLong", claim(long(store.MaxIDLen+1), 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimOwnerControlCharacter", claim("engine\n2", 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimOwnerInvalidUTF8", claim("engine\xff", 10, time.Minute), store.ErrInvalid, "Owner"},
+		{"ClaimZeroLimit", claim("engine-2", 0, time.Minute), store.ErrInvalid, "Limit"},
+		{"ClaimNegativeLimit", claim("engine-2", -1, time.Minute), store.ErrInvalid, "Limit"},
+		{"ClaimZeroLease", claim("engine-2", 10, 0), store.ErrInvalid, "Lease"},
+		{"ClaimNegativeLease", claim("engine-2", 10, -time.Minute), store.ErrInvalid, "Lease"},
+		{"ClaimOneEmptyOwner", claimOne(batchIdle, ""), store.ErrInvalid, "Owner"},
+		{"ClaimOneBlankOwner", claimOne(batchIdle, " "), store.ErrInvalid, "Owner"},
+		{"ClaimOneOwnerTooLong", claimOne(batchIdle, long(store.MaxIDLen+1)), store.ErrInvalid, "Owner"},
+		{"ClaimOneZeroLease", func(f *fixture, w *world) error {
+			return ignore(f.s.ClaimOperation(f.ctx, w.batchIdle.ID, "engine-2", 0))
+		}, store.ErrInvalid, "Lease"},
+		{"ClaimOneNegativeLease", func(f *fixture, w *world) error {
+			return ignore(f.s.ClaimOperation(f.ctx, w.batchIdle.ID, "engine-2", -time.Second))
+		}, store.ErrInvalid, "Lease"},
+		{"ClaimOneUnknownOperation", func(f *fixture, w *world) error {
+			return ignore(f.s.ClaimOperation(f.ctx, store.NewID(), "engine-2", time.Minute))
+		}, store.ErrNotFound, ""},
+		{"ClaimOneTerminal", claimOne(done, "engine-2"), store.ErrInvalidTransition, ""},
+		{"ClaimOneLeased", claimOne(claimed, "engine-2"), store.ErrLeased, ""},
+		{"ClaimOneLeasedSameOwner", claimOne(claimed, "engine-1"), store.ErrLeased, ""},
+		{"RenewEmptyOwner", renew("", time.Minute), store.ErrInvalid, "Owner"},
+		{"RenewOwnerTooLong", renew(long(store.MaxIDLen+1), time.Minute), store.ErrInvalid, "Owner"},
+		{"RenewZeroLease", renew("engine-1", 0), store.ErrInvalid, "Lease"},
+		{"RenewNegativeLease", renew("engine-1", -time.Minute), store.ErrInvalid, "Lease"},
+		{"ReleaseUnknownOperation", func(f *fixture, w *world) error {
+			return f.s.ReleaseOperation(f.ctx, store.NewID(), 1)
+		}, store.ErrNotFound, ""},
+		{"ReleaseStaleToken", fenced(func(f *fixture, w *world, tok int64) error {
+			return f.s.ReleaseOperation(f.ctx, w.claimed.ID, tok)
+		}), store.ErrStaleToken, ""},
+		{"ReleaseWithoutToken", func(f *fixture, w *world) error {
+			return f.s.ReleaseOperation(f.ctx, w.claimed.ID, 0)
+		}, store.ErrStaleToken, ""},
+		{"ExpireDeadlinesZeroLimit", func(f *fixture, w *world) error {
+			return ignore(f.s.ExpireDeadlines(f.ctx, 0))
+		}, store.ErrInvalid, "Limit"},
+		{"ExpireDeadlinesNegativeLimit", func(f *fixture, w *world) error {
+			return ignore(f.s.ExpireDeadlines(f.ctx, -1))
+		}, store.ErrInvalid, "Limit"},
+		{"UpdateStaleToken", fenced(func(f *fixture, w *world, tok int64) error {
+			return ignore(f.s.UpdateOperation(f.ctx, w.claimed.ID, store.OperationUpdate{From: status.InProgress,
+				Phase: store.Ptr(status.PhaseChecksum), Progress: store.Ptr(50), Log: []string{"x"}, Token: tok}))
+		}), store.ErrStaleToken, ""},
+		{"UpdateStaleTokenFlashing", fenced(func(f *fixture, w *world, tok int64) error {
+			return ignore(f.s.UpdateOperation(f.ctx, w.claimed.ID, store.OperationUpdate{From: status.InProgress,
+				Phase: store.Ptr(status.PhaseFlashing), Token: tok}))
+		}), store.ErrStaleToken, ""},
+		{"UpdateStaleTokenTerminal", fenced(func(f *fixture, w *world, tok int64) error {
+			return ignore(f.s.UpdateOperation(f.ctx, w.claimed.ID, store.OperationUpdate{From: status.InProgress,
+				State: status.Failed, Reason: status.ReasonConnectionFailed, Token: tok}))
+		}), store.ErrStaleToken, ""},
+		{"UpdateStaleTokenRetry", fenced(func(f *fixture, w *world, tok int64) error {
+			next := w.claimed.CreatedAt.Add(time.Hour)
+			return ignore(f.s.UpdateOperation(f.ctx, w.claimed.ID, store.OperationUpdate{From: status.InProgress,
+				Attempt: store.Ptr(2), NextAttemptAt: &next, Token: tok}))
+		}), store.ErrStaleToken, ""},
+		{"SetProgressStaleToken", fenced(func(f *fixture, w *world, tok int64) error {
+			return f.s.SetProgress(f.ctx, w.claimed.ID, tok, 50)
+		}), store.ErrStaleToken, ""},
+		{"AppendLogStaleToken", fenced(func(f *fixture, w *world, tok int64) error {
+			return f.s.AppendLog(f.ctx, w.claimed.ID, tok, "late")
+		}), store.ErrStaleToken, ""},
+		{"UpdateFlashingTwice", upd(flashing, store.OperationUpdate{From: status.InProgress, Phase: store.Ptr(status.PhaseFlashing), Log: []string{"x"}}),
+			store.ErrInvalidTransition, ""},
 		// batches
 		{"BatchNoOperations", newBatch(func(w *world, b *store.Batch, ops *[]store.Operation) { *ops = nil }), store.ErrInvalid, "Operations"},
 		{"BatchBadOptions", newBatch(func(w *world, b *store.Batch, ops *[]store.Operation) { b.Options = json.RawMessage(`"x"`) }), store.ErrInvalid, "Options"},

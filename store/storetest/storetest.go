@@ -73,6 +73,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store, opts *Options) {
 		{"List", listTests()},
 		{"Copy", copyTests()},
 		{"Invalid", invalidTests()},
+		{"Claims", claimTests(opts.rounds())},
 	}
 	if !opts.SkipConcurrency {
 		groups = append(groups, group{"Concurrency", concurrencyTests(opts.rounds())})
