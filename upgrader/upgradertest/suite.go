@@ -7,6 +7,7 @@ import (
 	"runtime/debug"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -17,9 +18,12 @@ import (
 // DefaultTimeout is the default of Harness.Timeout.
 const DefaultTimeout = 2 * time.Minute
 
-// Harness is what Run needs to exercise an Upgrader. Run calls newHarness
-// once per subtest and NewJob once on each Harness, so a harness may keep
-// the state of its one device in the closure.
+// Harness is what Run needs to exercise an Upgrader. Run makes a new
+// Harness for every subtest (and for the reference run of the per-phase
+// subtests) and calls its NewJob exactly once, so a harness may keep the
+// state of its one device in the closure. Upgrade and Verify run on a
+// goroutine of their own (so that a call that ignores its context can be
+// detected); the harness's functions run on the subtest's goroutine.
 type Harness struct {
 	// Upgrader under test. When it also implements upgrader.Verifier, Run
 	// checks Verify too.
@@ -50,9 +54,9 @@ type Harness struct {
 
 // Run is the conformance suite for an Upgrader (and its Verifier): every
 // line of the upgrader.Upgrader and upgrader.Verifier contracts is a
-// subtest, listed in the package documentation. newHarness is called once
-// per subtest, which runs in parallel with the others. Every failure starts
-// with "contract: " and names the rule that was broken.
+// subtest, listed in the package documentation. Each subtest gets a Harness
+// of its own from newHarness and runs in parallel with the others. Every
+// failure starts with "contract: " and names the rule that was broken.
 func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 	t.Helper()
 
@@ -120,16 +124,16 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 			t.Run(string(p), func(t *testing.T) {
 				t.Parallel()
 				s := setup(t, newHarness)
-				var won bool
+				var won atomic.Bool
 				s.rep.setOnPhase(onceAfterEntering(p, func() {
 					// The cancel comes from another goroutine, as the engine's
 					// does, while the upgrader works in phase p.
 					done := make(chan bool)
 					go func() { done <- s.rep.Cancel() }()
-					won = <-done
+					won.Store(<-done)
 				}))
 				err := s.upgrade(context.Background())
-				if !won {
+				if !won.Load() {
 					t.Fatalf("contract: Upgrade must call Job.Report.Phase before each step: it did not enter %s this time, which a successful upgrade of a fresh device entered, so no cancel could be made in that phase (Upgrade returned %v)", p, err)
 				}
 				s.checkCancelled(err, fmt.Sprintf("while Upgrade was in %s", p))
@@ -154,13 +158,13 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 				s := setup(t, newHarness)
 				ctx, cancel := context.WithCancel(context.Background())
 				defer cancel()
-				var ended bool
+				var ended atomic.Bool
 				s.rep.setOnPhase(onceAfterEntering(p, func() {
-					ended = true
+					ended.Store(true)
 					cancel()
 				}))
 				err := s.upgrade(ctx)
-				if !ended {
+				if !ended.Load() {
 					t.Fatalf("contract: Upgrade must call Job.Report.Phase before each step: it did not enter %s this time, which a successful upgrade of a fresh device entered, so ctx could not end in that phase (Upgrade returned %v)", p, err)
 				}
 				s.checkContextEnded(err, fmt.Sprintf("while Upgrade was in %s", p))
@@ -336,12 +340,17 @@ func (s *subject) call(ctx context.Context, name string, fn func(context.Context
 	s.t.Helper()
 	done := make(chan error, 1)
 	go func() {
+		returned := false
 		defer func() {
 			if r := recover(); r != nil {
 				done <- &panicError{value: r, stack: debug.Stack()}
+			} else if !returned {
+				done <- errGoexit
 			}
 		}()
-		done <- fn(ctx)
+		err := fn(ctx)
+		returned = true
+		done <- err
 	}()
 	var err error
 	select {
@@ -358,8 +367,15 @@ func (s *subject) call(ctx context.Context, name string, fn func(context.Context
 	if pe, ok := err.(*panicError); ok {
 		s.t.Fatalf("contract: %s must return an error, not panic: %v\n%s", name, pe.value, pe.stack)
 	}
+	if err == errGoexit {
+		s.t.Fatalf("contract: %s must return: it ended its goroutine with runtime.Goexit (did a harness function call t.FailNow? Upgrade and Verify run on a goroutine of their own)", name)
+	}
 	return err
 }
+
+// errGoexit stands for an Upgrade or Verify that never returned because its
+// goroutine called runtime.Goexit.
+var errGoexit = errors.New("upgradertest: runtime.Goexit")
 
 type panicError struct {
 	value any
