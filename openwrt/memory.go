@@ -160,8 +160,18 @@ func (a *attempt) cleanupCommands() []string {
 // undoes what the attempt changed on the device, on the attempt's
 // connection or, when that one is gone (ctx ended, connection dropped), on
 // a new one made with a fresh short context.
+//
+// After the engine lost its claim on the operation (upgrader.ErrLeaseLost
+// is the context's cause) it undoes nothing: another engine may be working
+// on the device now, and removing its upload or starting services under it
+// would break that attempt. The next attempt or the flash's reboot puts the
+// device right.
 func (a *attempt) cleanup(ctx context.Context) {
 	if a.flashing {
+		return
+	}
+	if errors.Is(context.Cause(ctx), upgrader.ErrLeaseLost) {
+		a.log.Warn("openwrt: the claim was lost; cleanup left to the engine that took over", "services", a.stopped)
 		return
 	}
 	a.undo(ctx)
@@ -173,12 +183,10 @@ func (a *attempt) undo(ctx context.Context) {
 	if len(cmds) == 0 {
 		return
 	}
-	cctx := ctx
-	if ctx.Err() != nil {
-		var cancel context.CancelFunc
-		cctx, cancel = context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ConnectTimeout+2*a.cfg.CommandTimeout)
-		defer cancel()
-	}
+	// A context of its own: a cancel or a deadline arriving while the
+	// cleanup runs must not leave the services half started.
+	cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), a.cfg.ConnectTimeout+2*a.cfg.CommandTimeout)
+	defer cancel()
 	c := a.c
 	if ctx.Err() != nil {
 		c = nil

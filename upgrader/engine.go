@@ -49,7 +49,7 @@ type Engine struct {
 	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
 	deadOnce sync.Once
 	loops    sync.WaitGroup // producer and maintenance
-	jobs     chan store.Operation // claimed operations, from the producer to the workers
+	jobs     chan claimed // claimed operations, from the producer to the workers
 	workers  sync.WaitGroup
 }
 
@@ -116,7 +116,7 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.started = true
 	e.runCtx, e.runStop = context.WithCancelCause(context.Background())
 	e.workCtx, e.workStop = context.WithCancelCause(context.Background())
-	e.jobs = make(chan store.Operation, e.cfg.Workers)
+	e.jobs = make(chan claimed, e.cfg.Workers)
 	e.workers.Add(e.cfg.Workers)
 	for range e.cfg.Workers {
 		go e.worker()
@@ -320,7 +320,8 @@ func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 			// The caller gave up: still claim, to end it or leave it resumable.
 			rctx, cancel = writeContext(ctx)
 		}
-		claimed, err := e.store.ClaimOperation(rctx, id, e.owner, e.cfg.LeaseDuration)
+		sent := time.Now()
+		op, err := e.store.ClaimOperation(rctx, id, e.owner, e.cfg.LeaseDuration)
 		cancel()
 		switch {
 		case errors.Is(err, store.ErrLeased):
@@ -334,17 +335,20 @@ func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 			cancel()
 			return op, err
 		case err != nil:
-			return claimed, err
+			return op, err
 		}
-		op, retryAt, err := e.execute(ctx, claimed)
+		op, retryAt, err := e.execute(ctx, op, sent)
 		if err != nil {
 			return op, err
 		}
 		if op.State.Terminal() {
 			return op, nil
 		}
+		if ctx.Err() != nil {
+			return op, ctx.Err() // given up, and the end could not be written: left to maintenance
+		}
 		if retryAt.IsZero() {
-			continue // interrupted or lost: look again
+			continue // the claim was lost: look again
 		}
 		wait := retryAt.Sub(e.cfg.Now())
 		if !op.Deadline.IsZero() {

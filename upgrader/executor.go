@@ -28,9 +28,10 @@ const writeTimeout = 30 * time.Second
 // lease afterwards unless the operation ended. base is the context of the
 // caller: the engine's work context for workers, the caller's for Run. It
 // returns the operation afterwards and, when it waits for a retry, when the
-// retry is due; err is only a store failure.
-func (e *Engine) execute(base context.Context, claimed store.Operation) (store.Operation, time.Time, error) {
-	c := e.hold(claimed)
+// retry is due; err is only a store failure. sent is when the claim was
+// asked for: the lease runs from then at the latest.
+func (e *Engine) execute(base context.Context, claimed store.Operation, sent time.Time) (store.Operation, time.Time, error) {
+	c := e.hold(claimed, sent)
 	op, retryAt, err := e.step(base, c, claimed)
 	e.unhold(c, !op.State.Terminal())
 	return op, retryAt, err
@@ -193,7 +194,7 @@ func (e *Engine) callVerify(ctx context.Context, v Verifier, job *Job) (err erro
 // finish ends or reschedules the operation after an attempt returned uerr.
 func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Operation, job *Job, uerr error) (store.Operation, time.Time, error) {
 	cause := context.Cause(actx)
-	if c.gone() || errors.Is(cause, errLeaseLost) || errors.Is(uerr, errLeaseLost) {
+	if c.gone() || errors.Is(cause, ErrLeaseLost) || errors.Is(uerr, ErrLeaseLost) {
 		return e.current(started) // another engine owns it now: write nothing
 	}
 	var op store.Operation
@@ -336,7 +337,7 @@ func (e *Engine) verify(ctx context.Context, c *claim, op store.Operation, job *
 	vctx, cancelCause := context.WithCancelCause(vctx)
 	defer cancelCause(nil)
 	c.setCancel(func(cause error) {
-		if errors.Is(cause, errLeaseLost) { // a cancel cannot stop a verification
+		if errors.Is(cause, ErrLeaseLost) { // a cancel cannot stop a verification
 			cancelCause(cause)
 		}
 	})

@@ -10,11 +10,13 @@ import (
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
-// errLeaseLost is the cause of an attempt's context when the engine lost
-// its claim on the operation (another engine took it over after the lease
-// expired, or the lease could not be renewed in time). The attempt stops
-// and writes nothing more: the store refuses its token anyway.
-var errLeaseLost = errors.New("upgrader: lease lost: another engine may run the operation")
+// ErrLeaseLost is the cause (context.Cause) of an attempt's context when
+// the engine lost its claim on the operation: another engine took it over
+// after the lease expired, or the lease could not be renewed in time. The
+// attempt must stop and leave the device alone (no cleanup: the engine that
+// took over may be working on it); the store refuses its writes anyway.
+// Reporter methods return errors matching it once the claim is lost.
+var ErrLeaseLost = errors.New("upgrader: lease lost: another engine may run the operation")
 
 // claim is an operation this engine holds a lease on, while a worker or a
 // synchronous Run works on it.
@@ -31,8 +33,11 @@ type claim struct {
 	cancel    context.CancelCauseFunc // the attempt's context, while one runs
 	lost      chan struct{}           // closed when the lease is lost
 	isLost    bool
-	cancelled bool      // a cancel was requested
-	renewedAt time.Time // last time the lease was known held (engine clock)
+	cancelled bool // a cancel was requested
+	// heldFrom is when the latest claim or renewal that succeeded was sent
+	// (this machine's monotonic clock): the store's lease runs at least
+	// until heldFrom + LeaseDuration, whatever the network did since.
+	heldFrom time.Time
 }
 
 // setCancel installs the cancel function of the running attempt's context;
@@ -44,7 +49,7 @@ func (c *claim) setCancel(f context.CancelCauseFunc) {
 	switch {
 	case f == nil:
 	case c.isLost:
-		f(errLeaseLost)
+		f(ErrLeaseLost)
 	case c.cancelled:
 		f(ErrCancelled)
 	}
@@ -61,7 +66,7 @@ func (c *claim) markLost() {
 	close(c.lost)
 	c.wcancel()
 	if c.cancel != nil {
-		c.cancel(errLeaseLost)
+		c.cancel(ErrLeaseLost)
 	}
 }
 
@@ -86,8 +91,8 @@ func (c *claim) gone() bool {
 
 // hold registers a claimed operation so that the renewer keeps its lease
 // alive, and starts the renewer if it is not running.
-func (e *Engine) hold(op store.Operation) *claim {
-	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), renewedAt: e.cfg.Now()}
+func (e *Engine) hold(op store.Operation, sent time.Time) *claim {
+	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), heldFrom: sent}
 	c.wctx, c.wcancel = context.WithCancel(context.Background())
 	e.mu.Lock()
 	defer e.mu.Unlock()
@@ -127,14 +132,17 @@ func (e *Engine) unhold(c *claim, release bool) {
 }
 
 // renew keeps the leases of every held claim alive, in one store call per
-// round, every third of Config.LeaseDuration. A lease reported lost, or not
-// renewed for a whole lease length (the store unreachable), interrupts its
-// attempt; a cancel reported through the renewal interrupts it too. It
-// returns when nothing is held.
+// round, every third of Config.LeaseDuration. A lease reported lost
+// interrupts its attempt, and so does a cancel reported through the
+// renewal. When the store cannot be reached, the engine gives up a claim on
+// its own clock, two thirds of a lease after the last renewal that
+// succeeded was sent: before the store's lease can end and another engine
+// take the operation over, so two engines never work on one device at
+// once. It returns when nothing is held.
 func (e *Engine) renew() {
 	defer e.renewWG.Done()
 	every := e.cfg.LeaseDuration / 3
-	t := time.NewTimer(every)
+	t := time.NewTicker(every)
 	defer t.Stop()
 	for {
 		select {
@@ -155,33 +163,33 @@ func (e *Engine) renew() {
 		}
 		e.mu.Unlock()
 		e.renewOnce(claims, leases)
-		t.Reset(every)
 	}
 }
 
 func (e *Engine) renewOnce(claims []*claim, leases []store.Lease) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.LeaseDuration/3)
+	ctx, cancel := context.WithTimeout(context.Background(), e.cfg.LeaseDuration/6)
 	defer cancel()
-	now := e.cfg.Now()
+	sent := time.Now()
 	rs, err := e.store.RenewLeases(ctx, e.owner, e.cfg.LeaseDuration, leases)
 	if err != nil || len(rs) != len(leases) {
 		e.log.Warn("renewing leases failed", slog.Int("leases", len(leases)), slog.Any("error", err))
-		for _, c := range claims {
+		rs = nil
+	}
+	for i, c := range claims {
+		if rs == nil {
 			c.mu.Lock()
-			stale := now.Sub(c.renewedAt) >= e.cfg.LeaseDuration
+			stale := time.Since(c.heldFrom) >= e.cfg.LeaseDuration*2/3
 			c.mu.Unlock()
 			if stale {
-				c.markLost() // the store may have given it to someone else by now
+				e.log.Warn("giving up a claim whose lease could not be renewed", slog.String("operation", c.id))
+				c.markLost() // before the store can give it to someone else
 			}
+			continue
 		}
-		return
-	}
-	for i, r := range rs {
-		c := claims[i]
-		switch r.Status {
+		switch rs[i].Status {
 		case store.LeaseHeld:
 			c.mu.Lock()
-			c.renewedAt = now
+			c.heldFrom = sent
 			c.mu.Unlock()
 		case store.LeaseCancelRequested:
 			c.markCancelled()

@@ -58,12 +58,13 @@ func (e *Engine) produce() {
 		p.mu.Unlock()
 		full := false
 		if free > 0 {
+			sent := time.Now()
 			ops, err := e.store.ClaimOperations(e.runCtx, e.owner, free, e.cfg.LeaseDuration)
 			if err != nil && e.runCtx.Err() == nil {
 				e.log.Warn("claiming operations failed", slog.Any("error", err))
 			}
 			for _, op := range ops {
-				e.startWorker(op)
+				e.startWorker(claimed{op, sent})
 			}
 			full = len(ops) == free
 		}
@@ -99,9 +100,16 @@ func (e *Engine) produce() {
 	}
 }
 
+// claimed is an operation claimed by the producer, and when the claim was
+// sent.
+type claimed struct {
+	op   store.Operation
+	sent time.Time
+}
+
 // startWorker hands one claimed operation to an idle worker, holding one
 // of the engine's worker slots until the worker is done with it.
-func (e *Engine) startWorker(op store.Operation) {
+func (e *Engine) startWorker(op claimed) {
 	p := &e.prod
 	p.mu.Lock()
 	p.active++
@@ -115,10 +123,10 @@ func (e *Engine) startWorker(op store.Operation) {
 func (e *Engine) worker() {
 	defer e.workers.Done()
 	p := &e.prod
-	for op := range e.jobs {
-		res, retryAt, err := e.execute(e.workCtx, op)
+	for job := range e.jobs {
+		res, retryAt, err := e.execute(e.workCtx, job.op, job.sent)
 		if err != nil {
-			e.log.Error("operation step failed", slog.String("operation", op.ID), slog.Any("error", err))
+			e.log.Error("operation step failed", slog.String("operation", job.op.ID), slog.Any("error", err))
 		}
 		p.mu.Lock()
 		p.active--

@@ -44,11 +44,11 @@ func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 }
 
 // why turns a refused update into ErrCancelled when a cancel won, and into
-// errLeaseLost when the claim was lost.
+// ErrLeaseLost when the claim was lost.
 func (r *reporter) why(ctx context.Context, err error) error {
 	if errors.Is(err, store.ErrStaleToken) {
 		r.c.markLost()
-		return fmt.Errorf("%w: %v", errLeaseLost, err)
+		return fmt.Errorf("%w: %v", ErrLeaseLost, err)
 	}
 	cur, gerr := r.e.store.Operation(ctx, r.op.ID)
 	if gerr == nil && cur.State == status.Cancelled {
@@ -96,7 +96,7 @@ func (r *reporter) Cancelled(ctx context.Context) error {
 		return ErrCancelled
 	}
 	if r.c.gone() {
-		return errLeaseLost
+		return ErrLeaseLost
 	}
 	if r.verifying {
 		return ctx.Err()
@@ -113,7 +113,7 @@ func (r *reporter) Cancelled(ctx context.Context) error {
 	}
 	if op.Token != r.c.token {
 		r.c.markLost()
-		return errLeaseLost
+		return ErrLeaseLost
 	}
 	return ctx.Err()
 }
