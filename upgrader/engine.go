@@ -49,7 +49,7 @@ type Engine struct {
 	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
 	deadOnce sync.Once
 	loops    sync.WaitGroup // producer and maintenance
-	jobs     chan claimed // claimed operations, from the producer to the workers
+	jobs     chan claimed   // claimed operations, from the producer to the workers
 	workers  sync.WaitGroup
 }
 
