@@ -52,8 +52,8 @@ type Renewal struct {
 type Claims interface {
 	// ClaimOperations claims up to limit runnable operations for owner, each
 	// with a lease of the given length, and returns them (fewer, or none,
-	// when fewer are runnable), oldest NextAttemptAt first, then in ID
-	// order. An operation is runnable when it is pending or in progress,
+	// when fewer are runnable), the longest due first (see DueAt), then in
+	// ID order. An operation is runnable when it is pending or in progress,
 	// holds no live lease (none, or an expired one), its NextAttemptAt has
 	// come, and ClaimAllowed accepts it in its batch. Every claim
 	// increments the operation's Token, sets LeaseOwner and LeaseExpiresAt
@@ -107,6 +107,16 @@ func ValidateClaim(owner string, limit int, lease time.Duration) error {
 // LeaseLive reports whether op holds a lease that has not expired at now.
 func LeaseLive(op Operation, now time.Time) bool {
 	return op.LeaseOwner != "" && now.Before(op.LeaseExpiresAt)
+}
+
+// DueAt is when op became due to run: its NextAttemptAt, or its CreatedAt
+// when it was never scheduled. Claims take the longest due first, so a
+// retry that came due is not starved by a flood of new operations.
+func DueAt(op Operation) time.Time {
+	if op.NextAttemptAt.IsZero() {
+		return op.CreatedAt
+	}
+	return op.NextAttemptAt
 }
 
 // Runnable reports whether op may be claimed by ClaimOperations at now, its

@@ -576,6 +576,20 @@ func claimTests(n int) []test {
 			}
 			assert.Equal(t, sorted(fresh...), claimed)
 		}},
+		{"DueRetryBeforeNewerPending", func(t *testing.T, f *fixture) {
+			// A retry that came due before newer operations were created is
+			// claimed first: new work does not starve it.
+			retry := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
+			at := retry.CreatedAt
+			retry = f.update(retry.ID, store.OperationUpdate{From: status.Pending, NextAttemptAt: &at, Token: retry.Token})
+			require.NoError(t, f.s.ReleaseOperation(f.ctx, retry.ID, retry.Token))
+			for range 3 {
+				f.newOp("org-a")
+			}
+			got := f.claim("engine-2", 1, longLease)
+			require.Len(t, got, 1)
+			assert.Equal(t, retry.ID, got[0].ID, "the due retry first (store.DueAt), not the newer pending operations")
+		}},
 		{"ReleasedClaimableAgain", func(t *testing.T, f *fixture) {
 			op := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
 			require.NoError(t, f.s.ReleaseOperation(f.ctx, op.ID, op.Token))

@@ -3,6 +3,7 @@ package memory_test
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -76,4 +77,29 @@ func BenchmarkListBatchOperations(b *testing.B) {
 			b.Fatal(err, len(ops))
 		}
 	}
+}
+
+// BenchmarkClaim claims operations 8 at a time (one producer with 8 free
+// workers) from a batch of 100,000 pending ones, and reports claims per
+// second. When the batch runs dry a new one is made, off the clock.
+func BenchmarkClaim(b *testing.B) {
+	const n = 100000
+	s, _, _ := setupBatch(b, n)
+	ctx := b.Context()
+	claimed := 0
+	b.ReportAllocs()
+	for b.Loop() {
+		ops, err := s.ClaimOperations(ctx, "bench-engine", 8, time.Minute)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if len(ops) == 0 {
+			b.StopTimer()
+			s, _, _ = setupBatch(b, n)
+			b.StartTimer()
+			continue
+		}
+		claimed += len(ops)
+	}
+	b.ReportMetric(float64(claimed)/b.Elapsed().Seconds(), "claims/s")
 }

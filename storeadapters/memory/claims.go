@@ -14,7 +14,7 @@ import (
 var _ store.Claims = (*Store)(nil)
 
 // Where a non-terminal operation waits, for the claim path: in the ready
-// queue (no live lease, ordered by NextAttemptAt then ID) or in the lease
+// queue (no live lease, ordered by store.DueAt then ID) or in the lease
 // queue (ordered by the end of its lease). A claim first moves the leases
 // that ended to the ready queue, then pops ready operations: no scan of the
 // whole store, so claiming stays O(log n) per operation however many are
@@ -29,11 +29,11 @@ type readyQueue []*opRec
 
 func (q readyQueue) Len() int { return len(q) }
 func (q readyQueue) Less(i, j int) bool {
-	a, b := &q[i].op, &q[j].op
-	if !a.NextAttemptAt.Equal(b.NextAttemptAt) {
-		return a.NextAttemptAt.Before(b.NextAttemptAt)
+	a, b := store.DueAt(q[i].op), store.DueAt(q[j].op)
+	if !a.Equal(b) {
+		return a.Before(b)
 	}
-	return a.ID < b.ID
+	return q[i].op.ID < q[j].op.ID
 }
 func (q readyQueue) Swap(i, j int) {
 	q[i], q[j] = q[j], q[i]
@@ -122,7 +122,7 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	var skipped []*opRec // refused by their batch: back in the queue afterwards
 	for len(out) < limit && len(s.ready) > 0 {
 		r := s.ready[0]
-		if t.Before(r.op.NextAttemptAt) {
+		if t.Before(store.DueAt(r.op)) {
 			break // the earliest is not due: none is
 		}
 		heap.Pop(&s.ready)
