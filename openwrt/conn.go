@@ -141,10 +141,15 @@ func classifyDialError(addr string, err, keyErr error) error {
 	return upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: ssh login to %s: %w", addr, err))
 }
 
-// capBuffer keeps the first max bytes written to it and counts the rest.
+// capBuffer keeps the start and the end of what is written to it, max
+// bytes in all, and counts what it drops from the middle: the end of a
+// long output is where the shell and sysupgrade print their verdict (with
+// -v, sysupgrade first lists every file it saves, which can exceed any
+// cap).
 type capBuffer struct {
 	mu      sync.Mutex
-	b       []byte
+	head    []byte // the first max/4 bytes
+	tail    []byte // the latest bytes, at most max-len(head) once trimmed
 	max     int
 	dropped int64
 }
@@ -152,26 +157,44 @@ type capBuffer struct {
 func (w *capBuffer) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	room := w.max - len(w.b)
-	if room > len(p) {
-		room = len(p)
+	n := len(p)
+	if room := w.max/4 - len(w.head); room > 0 {
+		k := min(room, len(p))
+		w.head = append(w.head, p[:k]...)
+		p = p[k:]
 	}
-	if room > 0 {
-		w.b = append(w.b, p[:room]...)
+	w.tail = append(w.tail, p...)
+	if keep := w.max - len(w.head); len(w.tail) > 2*keep {
+		cut := len(w.tail) - keep
+		w.dropped += int64(cut)
+		w.tail = append(w.tail[:0], w.tail[cut:]...)
 	}
-	w.dropped += int64(len(p) - room)
-	return len(p), nil
+	return n, nil
 }
 
 func (w *capBuffer) String() string {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return string(w.b)
+	tail := w.tail
+	dropped := w.dropped
+	if keep := w.max - len(w.head); len(tail) > keep {
+		dropped += int64(len(tail) - keep)
+		tail = tail[len(tail)-keep:]
+	}
+	if dropped == 0 {
+		return string(w.head) + string(tail)
+	}
+	return string(w.head) + fmt.Sprintf("\n…[%d bytes not kept]…\n", dropped) + string(tail)
 }
 
 // errSessionLost is returned by run when the session ended without an exit
 // status (the device dropped the connection).
 var errSessionLost = errors.New("openwrt: the session ended without an exit status")
+
+// errNotStarted is wrapped (with errSessionLost) by run when the command
+// never started: the session could not be opened, or the device refused to
+// start the command. Nothing ran on the device.
+var errNotStarted = errors.New("openwrt: the command never started")
 
 // errCommandTimeout is returned by run when its timeout passed.
 var errCommandTimeout = errors.New("openwrt: command timed out")
@@ -185,7 +208,7 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (stri
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		return "", fmt.Errorf("%w: open session: %w", errSessionLost, err)
+		return "", fmt.Errorf("%w (%w): open session: %w", errSessionLost, errNotStarted, err)
 	}
 	defer s.Close()
 	out := &capBuffer{max: maxCapture}
@@ -195,7 +218,7 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (stri
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		return "", fmt.Errorf("%w: start %s: %w", errSessionLost, cmd, err)
+		return "", fmt.Errorf("%w (%w): start %s: %w", errSessionLost, errNotStarted, cmd, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Wait() }()

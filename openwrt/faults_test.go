@@ -257,7 +257,7 @@ func TestHostileFileNames(t *testing.T) {
 				require.True(t, strings.HasPrefix(remote, "/tmp/"))
 				require.NoError(t, b.upgrade(t))
 				require.True(t, ran(b.dev, "sha256sum", remote), "the path was not one word: %q", b.dev.Executed())
-				require.True(t, ran(b.dev, "sysupgrade", "--test", remote))
+				require.True(t, ran(b.dev, "sysupgrade", "--test", "-c", remote))
 				require.Equal(t, remote, b.dev.Flashes()[0].Path)
 				for _, argv := range b.dev.Executed() {
 					require.NotEqual(t, "reboot", argv[0])

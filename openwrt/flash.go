@@ -5,23 +5,32 @@ import (
 	"errors"
 	"fmt"
 	"strings"
+	"time"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
-// isFalseFlashError recognises the non-zero exit OpenWrt >= 21.02 reports
-// although the flash goes on: sysupgrade hands over to procd with
-// "ubus call system sysupgrade" and procd drops the ubus connection when it
-// starts stage 2, so sysupgrade prints
+// isFalseFlashError recognises the non-zero exit (status 246) of OpenWrt
+// 22.03 and later although the flash goes on: sysupgrade hands over to
+// procd with "ubus call system sysupgrade", procd stops ubusd before stage 2,
+// and the ubus client prints
 //
 //	Command failed: ubus call system sysupgrade { "prefix": ..., "command": "/lib/upgrade/do_stage2", ... } (Connection failed)
 //
-// (OpenWrt 25.12's options also carry "add_provisioning"). The output must
-// name both the ubus call and do_stage2.
+// The JSON varies (-F adds "force": true, -p "save_partitions": 0, 25.12
+// "add_provisioning"); the output must name the ubus call, do_stage2 and
+// the lost connection.
 func isFalseFlashError(output string) bool {
 	return strings.Contains(output, "Command failed: ubus call system sysupgrade") &&
-		strings.Contains(output, "do_stage2")
+		strings.Contains(output, "do_stage2") && strings.Contains(output, "(Connection failed)")
+}
+
+// isProcdRefusal recognises procd refusing the hand-over: the same ubus
+// call answered "(Not supported)". Nothing was flashed.
+func isProcdRefusal(output string) bool {
+	return strings.Contains(output, "Command failed: ubus call system sysupgrade") &&
+		strings.Contains(output, "(Not supported)")
 }
 
 // flashCommand is the sysupgrade command line: -v, the option flags in
@@ -31,14 +40,38 @@ func (a *attempt) flashCommand() string {
 	return command(append(args, a.remotePath)...)
 }
 
-// flash runs sysupgrade. The session dropping or timing out is expected.
-// A real non-zero exit is a failure: the device did not start flashing, so
-// the stopped services are started again and no reboot is waited for.
+// flashSendTries is how many times the flash command is sent when it
+// could not start (the session could not be opened).
+const flashSendTries = 3
+
+// flash runs sysupgrade. The flash was decided (the move into flashing is
+// recorded), so the command is sent even when ctx ends meanwhile. The
+// session dropping or timing out is expected, and so is the 22.03+ exit
+// 246 through ubus. A real non-zero exit, procd's refusal, or a command
+// that could never be started leaves the device unflashed: the stopped
+// services are started again, the image removed, and no reboot waited for.
 func (a *attempt) flash(ctx context.Context) error {
+	sctx := context.WithoutCancel(ctx) // the decision is made
 	a.progress(ctx, status.ProgressFlashing)
 	cmd := a.flashCommand()
 	a.logf(ctx, "Upgrade operation in progress: %s", cmd)
-	out, err := a.c.run(ctx, a.cfg.UpgradeTimeout, cmd)
+	var out string
+	var err error
+	for try := 1; try <= flashSendTries; try++ {
+		if a.c == nil {
+			if a.c, err = a.connect(sctx); err != nil {
+				a.logf(ctx, "Cannot reconnect to send the flash command: %v", err)
+				_ = sleep(sctx, time.Second)
+				continue
+			}
+		}
+		out, err = a.c.run(sctx, a.cfg.UpgradeTimeout, cmd)
+		if !errors.Is(err, errNotStarted) {
+			break
+		}
+		a.logf(ctx, "The flash command could not be started (try %d of %d): %v", try, flashSendTries, err)
+		a.close()
+	}
 	if s := strings.TrimSpace(out); s != "" {
 		a.logf(ctx, "%s", truncateOutput(s, MaxErrorOutput))
 	}
@@ -46,17 +79,23 @@ func (a *attempt) flash(ctx context.Context) error {
 	switch {
 	case err == nil:
 		a.logf(ctx, "sysupgrade exited normally, the device is rebooting")
-	case ctx.Err() != nil:
-		return ctx.Err()
+	case a.c == nil || errors.Is(err, errNotStarted):
+		a.logf(ctx, "The flash command could not be sent: the device was not flashed")
+		a.undo(sctx)
+		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: the flash command could not be sent, the device was not flashed: %w", err))
 	case errors.Is(err, errCommandTimeout):
 		a.logf(ctx, "No answer from sysupgrade after %s: expected while the device flashes", a.cfg.UpgradeTimeout)
 	case errors.Is(err, errSessionLost):
 		a.logf(ctx, "SSH connection closed by the device: expected while it flashes")
+	case errors.As(err, &ce) && isProcdRefusal(ce.Output):
+		a.logf(ctx, "procd refused the sysupgrade hand-over (Not supported): the device was not flashed")
+		a.undo(sctx)
+		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: procd refused the flash, the device was not flashed: %w", err))
 	case errors.As(err, &ce) && isFalseFlashError(ce.Output):
-		a.logf(ctx, "sysupgrade reported a false failure through ubus (OpenWrt >= 21.02): the flash goes on")
+		a.logf(ctx, "sysupgrade exited %d through ubus (OpenWrt 22.03 and later): expected, the flash goes on", ce.ExitStatus)
 	case errors.As(err, &ce):
-		a.logf(ctx, "sysupgrade failed (exit status %d)", ce.ExitStatus)
-		a.undo(ctx)
+		a.logf(ctx, "sysupgrade failed (exit status %d): the device was not flashed", ce.ExitStatus)
+		a.undo(sctx)
 		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: flash: %w", err))
 	default:
 		a.logf(ctx, "sysupgrade ended with %v: expected while the device flashes", err)

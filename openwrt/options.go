@@ -42,10 +42,21 @@ type Options struct {
 	// KeepPackageList (-k): include in the backup a list of the installed
 	// packages, at /etc/backup/installed_packages.txt.
 	KeepPackageList bool
-	// Force (-F): flash the image even if the image checks fail. Dangerous:
-	// it also makes "sysupgrade --test" accept images it would refuse.
+	// Force (-F): flash the image even if sysupgrade's image checks fail.
+	// Dangerous. The upgrader's own check of the image's metadata still
+	// applies: an image whose metadata does not list the device's board is
+	// refused before upload, with or without -F. On 25.12 -F does not make
+	// "sysupgrade --test" accept everything.
 	Force bool
+	// IgnoreMinorCompat (--ignore-minor-compat-version, 22.03 on): flash an
+	// image whose compat_version differs from the device's in its minor
+	// number while keeping the configuration. Set with the
+	// "ignore_minor_compat_version" key (a boolean) in either form.
+	IgnoreMinorCompat bool
 }
+
+// flagIgnoreMinorCompat is the long option of IgnoreMinorCompat.
+const flagIgnoreMinorCompat = "--ignore-minor-compat-version"
 
 // DefaultOptions returns the options used when an operation has none: keep
 // the configuration (-c), as openwisp-firmware-upgrader does.
@@ -98,13 +109,16 @@ func (o Options) Letters() string {
 }
 
 // Flags returns the command-line flags of the options, in the fixed order
-// -c -o -n -u -p -k -F.
+// -c -o -n -u -p -k -F, then --ignore-minor-compat-version.
 func (o Options) Flags() []string {
 	var out []string
 	for i := 0; i < len(optionLetters); i++ {
 		if *o.flag(optionLetters[i]) {
 			out = append(out, "-"+optionLetters[i:i+1])
 		}
+	}
+	if o.IgnoreMinorCompat {
+		out = append(out, flagIgnoreMinorCompat)
 	}
 	return out
 }
@@ -113,13 +127,17 @@ func (o Options) Flags() []string {
 func (o Options) String() string { return strings.Join(o.Flags(), " ") }
 
 // JSON returns the options in the form stored in an operation's options:
-// {"sysupgrade":"c,F"}.
+// {"sysupgrade":"c,F"}, plus "ignore_minor_compat_version":true when set.
 func (o Options) JSON() json.RawMessage {
 	b, _ := json.Marshal(struct {
-		Sysupgrade string `json:"sysupgrade"`
-	}{o.Letters()})
+		Sysupgrade        string `json:"sysupgrade"`
+		IgnoreMinorCompat bool   `json:"ignore_minor_compat_version,omitempty"`
+	}{o.Letters(), o.IgnoreMinorCompat})
 	return b
 }
+
+// ignoreMinorKey is the options key of IgnoreMinorCompat.
+const ignoreMinorKey = "ignore_minor_compat_version"
 
 // ParseOptions reads the sysupgrade options of an operation
 // (store.Operation.Options). It accepts:
@@ -131,6 +149,9 @@ func (o Options) JSON() json.RawMessage {
 //   - openwisp's upgrade_options form, {"c": true, "F": true, "n": false}:
 //     each letter a boolean; a letter left out keeps its default (c true,
 //     the others false).
+//
+// In both forms "ignore_minor_compat_version": true adds
+// --ignore-minor-compat-version (22.03 and later).
 //
 // Other keys are ignored (they belong to the engine). Mixing both forms,
 // unknown letters, non-boolean letter values and contradictory flags (see
@@ -174,6 +195,11 @@ func ParseOptions(raw json.RawMessage) (Options, error) {
 			if err := json.Unmarshal(m[string(l)], p); err != nil {
 				return Options{}, fmt.Errorf("%w: %q must be true or false", ErrInvalidOptions, string(l))
 			}
+		}
+	}
+	if v, ok := m[ignoreMinorKey]; ok {
+		if err := json.Unmarshal(v, &opts.IgnoreMinorCompat); err != nil {
+			return Options{}, fmt.Errorf("%w: %q must be true or false", ErrInvalidOptions, ignoreMinorKey)
 		}
 	}
 	if err := opts.Validate(); err != nil {

@@ -146,7 +146,7 @@ func TestImageTest(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{img: &wrong, options: json.RawMessage(`{"sysupgrade":"c,F"}`)})
 		require.NoError(t, b.upgrade(t))
-		require.True(t, ran(b.dev, "sysupgrade", "--test", "-F", "/tmp/"+b.job.Image.Name))
+		require.True(t, ran(b.dev, "sysupgrade", "--test", "-c", "-F", "/tmp/"+b.job.Image.Name))
 		require.Equal(t, []string{"-v", "-c", "-F", "/tmp/" + b.job.Image.Name}, b.dev.Flashes()[0].Args)
 	})
 }

@@ -37,7 +37,7 @@ func TestUpgradeSuccess(t *testing.T) {
 	f := b.dev.Flashes()[0]
 	require.Equal(t, []string{"-v", "-c", "/tmp/" + b.job.Image.Name}, f.Args)
 	require.True(t, ran(b.dev, "rm", "-f", ConfigChecksumFile))
-	require.True(t, ran(b.dev, "sysupgrade", "--test", "/tmp/"+b.job.Image.Name))
+	require.True(t, ran(b.dev, "sysupgrade", "--test", "-c", "/tmp/"+b.job.Image.Name))
 	t.Log(b.rep.Logs())
 	_ = devicesim.DefaultUser
 }

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/fwupgrader/fwupgrader/imagemap"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -80,6 +81,13 @@ type attempt struct {
 	log        *slog.Logger
 	c          *conn
 	remotePath string
+
+	// What the device runs and supports, learnt after the identity check.
+	beforeDesc string             // DISTRIB_DESCRIPTION before the flash
+	before     Release            // parsed
+	caps       Capabilities       // of before
+	board      string             // the device's board name
+	meta       *imagemap.Metadata // the image's fwtool metadata, when it has some
 
 	stopped   []string // services this attempt stopped
 	wifiDown  bool     // this attempt ran "wifi down"
@@ -259,6 +267,17 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	if err := a.checkIdentity(ctx); err != nil {
 		return err
 	}
+	// What the device's release supports, and whether the image's own
+	// metadata accepts this device: refused here, before any upload.
+	if err := a.learn(ctx); err != nil {
+		return err
+	}
+	if err := a.checkCapabilities(ctx); err != nil {
+		return err
+	}
+	if err := a.checkImageFits(ctx); err != nil {
+		return err
+	}
 	a.progress(ctx, status.ProgressIdentity)
 
 	// 3. Checksum.
@@ -310,11 +329,8 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	}
 	a.flashing = true
 	// Only now that the flash is decided: a cancel that won leaves the
-	// device untouched.
-	if _, err := a.exec(ctx, command("rm", "-f", ConfigChecksumFile)); err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+	// device untouched. From here the commands run even if ctx ends.
+	if _, err := a.exec(context.WithoutCancel(ctx), command("rm", "-f", ConfigChecksumFile)); err != nil {
 		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, err)
 	}
 	if err := a.flash(ctx); err != nil {
@@ -444,11 +460,17 @@ func releaseMatches(got, want string) bool {
 	return strings.TrimSpace(got) == strings.TrimSpace(want)
 }
 
+// testImage runs "sysupgrade --test" with the operation's own flags, so
+// that what the flash would refuse (compat_version, a missing overlay for
+// -c, /rom for -u, the board) is refused now, with the device untouched.
+// Releases before 14.07 have no --test: the metadata checks made before the
+// upload stand in for it.
 func (a *attempt) testImage(ctx context.Context) error {
-	args := []string{a.cfg.UpgradeCommand, "--test"}
-	if a.opts.Force {
-		args = append(args, "-F")
+	if !a.caps.Test {
+		a.logf(ctx, "sysupgrade --test is not available on %s: relying on the image's metadata checks", a.beforeDesc)
+		return nil
 	}
+	args := append([]string{a.cfg.UpgradeCommand, "--test"}, a.opts.Flags()...)
 	args = append(args, a.remotePath)
 	out, err := a.exec(ctx, command(args...))
 	var ce *CommandError
