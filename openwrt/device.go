@@ -300,4 +300,3 @@ func runsExpected(desc string, want Release, wantDesc string) bool {
 	got, ok := ParseRelease(desc)
 	return ok && got.Same(want)
 }
-
