@@ -69,8 +69,10 @@ type Claims interface {
 	// there is no such operation.
 	ClaimOperation(ctx context.Context, id, owner string, lease time.Duration) (Operation, error)
 	// RenewLeases extends, in one call, every lease in held that is still
-	// owner's (same token, operation not terminal) to now+lease, expired
-	// ones included as long as no other claim took the operation. It
+	// owner's (same token, operation not terminal, not released) to
+	// now+lease, expired ones included as long as no other claim took the
+	// operation. A released lease is lost: a renewal that crossed the
+	// release never leases the operation again. It
 	// answers for every lease of held, in the same order: LeaseHeld,
 	// LeaseCancelRequested (the owner's claim is the operation's last, but
 	// the operation was cancelled: its lease stays ended, nothing is
@@ -170,6 +172,11 @@ func CheckClaimOne(op Operation, now time.Time) error {
 func RenewOne(op Operation, found bool, l Lease, owner string, now time.Time, lease time.Duration) (Renewal, Operation) {
 	r := Renewal{Lease: l, Status: LeaseLost}
 	if !found || op.Token != l.Token || op.LeaseOwner != owner {
+		return r, op
+	}
+	if op.LeaseExpiresAt.IsZero() && !op.State.Terminal() {
+		// Released: a release is final. A renewal racing it (sent before
+		// the release, arriving after) must not lease the operation again.
 		return r, op
 	}
 	switch {

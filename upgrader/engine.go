@@ -149,11 +149,10 @@ func (e *Engine) Stop(ctx context.Context) error {
 		return nil
 	}
 	e.runStop(errStopping)
-	e.loops.Wait() // the producer hands out nothing after this
-	close(e.jobs)
-
 	done := make(chan struct{})
 	go func() {
+		e.loops.Wait() // the producer hands out nothing after this
+		close(e.jobs)
 		e.workers.Wait()
 		close(done)
 	}()
@@ -162,7 +161,7 @@ func (e *Engine) Stop(ctx context.Context) error {
 	case <-done:
 	case <-ctx.Done():
 		err = ctx.Err()
-		e.kill() // interrupts the attempts
+		e.kill() // interrupts the attempts and the store calls made for events
 		<-done
 	}
 	e.kill()
@@ -314,9 +313,11 @@ func (e *Engine) Upgrade(ctx context.Context, req Request) (store.Operation, err
 // (which wins only before flashing) and returns the operation as it is with
 // ctx's error.
 func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
+	gaveUpClaims := 0 // claims tried after the caller gave up
 	for {
 		rctx, cancel := ctx, context.CancelFunc(func() {})
 		if ctx.Err() != nil {
+			gaveUpClaims++
 			// The caller gave up: still claim, to end it or leave it resumable.
 			rctx, cancel = writeContext(ctx)
 		}
@@ -334,6 +335,12 @@ func (e *Engine) Run(ctx context.Context, id string) (store.Operation, error) {
 			op, err := e.store.Operation(rctx, id) // it ended
 			cancel()
 			return op, err
+		case err != nil && ctx.Err() != nil && gaveUpClaims < 2:
+			// The caller gave up while claiming: claim again with a
+			// context of its own, to end the operation (cancelled before
+			// flashing, verified after) instead of stranding it.
+			gaveUpClaims++
+			continue
 		case err != nil:
 			return op, err
 		}
@@ -527,6 +534,35 @@ func (e *Engine) wakeWaiters(id string) {
 	}
 }
 
+// eventContext bounds the store reads made only to tell the host (a batch
+// event): a few seconds, and not past a Stop that gave up waiting.
+func (e *Engine) eventContext() (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(context.Background(), eventReadTimeout)
+	stop := context.AfterFunc(ctxOf(e.dead), cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// eventReadTimeout bounds a store read made for an event.
+const eventReadTimeout = 5 * time.Second
+
+// ctxOf returns a context done when ch is closed.
+func ctxOf(ch <-chan struct{}) context.Context { return doneCtx(ch) }
+
+// doneCtx is a context.Context that is done when its channel is closed.
+type doneCtx <-chan struct{}
+
+func (d doneCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (d doneCtx) Done() <-chan struct{}       { return d }
+func (d doneCtx) Err() error {
+	select {
+	case <-d:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+func (d doneCtx) Value(any) any { return nil }
+
 // published emits the event of kind for op, and a batch event when op
 // belongs to a batch and kind is a state change.
 func (e *Engine) published(op store.Operation, kind EventKind) {
@@ -536,7 +572,9 @@ func (e *Engine) published(op store.Operation, kind EventKind) {
 	}
 	e.events.publish(opEvent(kind, op, now))
 	if kind == EventOperationState && op.BatchID != "" {
-		if b, err := e.store.Batch(context.Background(), op.BatchID); err == nil {
+		ctx, cancel := e.eventContext()
+		defer cancel()
+		if b, err := e.store.Batch(ctx, op.BatchID); err == nil {
 			e.events.publish(Event{Kind: EventBatchState, Time: now, BatchID: b.ID, BatchState: b.State})
 		}
 	}

@@ -33,7 +33,9 @@ const writeTimeout = 30 * time.Second
 func (e *Engine) execute(base context.Context, claimed store.Operation, sent time.Time) (store.Operation, time.Time, error) {
 	c := e.hold(claimed, sent)
 	op, retryAt, err := e.step(base, c, claimed)
-	e.unhold(c, !op.State.Terminal())
+	// After a store failure the lease is kept until it expires: that is the
+	// backoff before any engine tries the operation again.
+	e.unhold(c, err == nil && !op.State.Terminal())
 	return op, retryAt, err
 }
 
@@ -53,14 +55,16 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 		return op, op.NextAttemptAt, nil // claimed by ID before its time (Run)
 	}
 
-	d, err := e.store.Device(ctx, op.DeviceID)
+	// Reads with the claim's context: a caller giving up now must not leave
+	// the operation unended (the attempt below sees ctx and ends it).
+	d, err := e.store.Device(c.wctx, op.DeviceID)
 	if errors.Is(err, store.ErrNotFound) {
 		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("device %s: %v", op.DeviceID, err))
 	}
 	if err != nil {
 		return op, time.Time{}, err
 	}
-	img, err := e.image(ctx, op.ImageID)
+	img, err := e.image(c.wctx, op.ImageID)
 	if errors.Is(err, store.ErrNotFound) {
 		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("image %s: %v", op.ImageID, err))
 	}

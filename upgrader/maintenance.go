@@ -47,8 +47,7 @@ func (e *Engine) maintain() {
 		case <-m.hint:
 		}
 		m.mu.Lock()
-		due := !m.next.IsZero() && !e.cfg.Now().Before(m.next)
-		if due {
+		if !m.next.IsZero() && !e.cfg.Now().Before(m.next) {
 			m.next = time.Time{}
 		}
 		m.mu.Unlock()

@@ -3,6 +3,7 @@ package upgrader
 import (
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,8 +18,8 @@ import (
 type producer struct {
 	mu     sync.Mutex
 	hint   chan struct{}
-	next   time.Time // earliest retry this engine scheduled (zero = none)
-	active int       // executors running
+	wakes  []time.Time // retries this engine scheduled, earliest first
+	active int         // executors running
 }
 
 func (p *producer) init() { p.hint = make(chan struct{}, 1) }
@@ -34,17 +35,38 @@ func (p *producer) wake() {
 // wakeAt makes the producer look for work at t at the latest.
 func (p *producer) wakeAt(t time.Time) {
 	p.mu.Lock()
-	if p.next.IsZero() || t.Before(p.next) {
-		p.next = t
-	}
+	i, _ := slices.BinarySearchFunc(p.wakes, t, time.Time.Compare)
+	p.wakes = slices.Insert(p.wakes, i, t)
 	p.mu.Unlock()
 	p.wake()
 }
 
+// nextWake drops the wake-ups that passed by now and returns the earliest
+// one left (zero = none).
+func (p *producer) nextWake(now time.Time) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i := 0
+	for i < len(p.wakes) && !now.Before(p.wakes[i]) {
+		i++
+	}
+	p.wakes = p.wakes[i:]
+	if len(p.wakes) == 0 {
+		p.wakes = nil
+		return time.Time{}
+	}
+	return p.wakes[0]
+}
+
+// maxJittered bounds the intervals jitter spreads, so that its arithmetic
+// never overflows (about 146 years: "never", for any host).
+const maxJittered = time.Duration(1 << 62)
+
 // jitter spreads d by ±20 %, so that engines started together do not poll
 // the store in step.
 func jitter(d time.Duration) time.Duration {
-	return d - d/5 + rand.N(2*d/5+1)
+	d = min(d, maxJittered)
+	return d - d/5 + rand.N(d/5*2+1)
 }
 
 func (e *Engine) produce() {
@@ -72,24 +94,15 @@ func (e *Engine) produce() {
 			continue // there may be more: look again once a slot frees
 		}
 		wait := jitter(e.cfg.PollInterval)
-		p.mu.Lock()
-		if !p.next.IsZero() {
-			if d := p.next.Sub(e.cfg.Now()); d < wait {
-				wait = max(d, 0)
-			}
+		if next := p.nextWake(e.cfg.Now()); !next.IsZero() {
+			wait = min(wait, max(next.Sub(e.cfg.Now()), 0))
 		}
-		p.mu.Unlock()
 		t.Reset(wait)
 		select {
 		case <-e.runCtx.Done():
 			return
 		case <-p.hint:
 		case <-t.C:
-			p.mu.Lock()
-			if !p.next.IsZero() && !e.cfg.Now().Before(p.next) {
-				p.next = time.Time{}
-			}
-			p.mu.Unlock()
 		}
 		if !t.Stop() {
 			select {
@@ -126,7 +139,8 @@ func (e *Engine) worker() {
 	for job := range e.jobs {
 		res, retryAt, err := e.execute(e.workCtx, job.op, job.sent)
 		if err != nil {
-			e.log.Error("operation step failed", slog.String("operation", job.op.ID), slog.Any("error", err))
+			e.log.Error("operation step failed; the operation is claimable again when its lease expires",
+				slog.String("operation", job.op.ID), slog.Any("error", err))
 		}
 		p.mu.Lock()
 		p.active--

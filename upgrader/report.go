@@ -37,7 +37,9 @@ func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 		return r.why(wctx, err)
 	}
 	if err != nil {
-		return err
+		// The store failed: the phase is not recorded, so the attempt
+		// must stop (never flash unrecorded), and may be retried.
+		return Recoverable(status.ReasonUpgraderError, fmt.Errorf("upgrader: recording phase %s: %w", p, err))
 	}
 	r.e.published(op, EventOperationPhase)
 	return nil

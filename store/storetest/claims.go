@@ -590,6 +590,19 @@ func claimTests(n int) []test {
 			require.Len(t, got, 1)
 			assert.Equal(t, retry.ID, got[0].ID, "the due retry first (store.DueAt), not the newer pending operations")
 		}},
+		{"RenewalCrossingReleaseIsLost", func(t *testing.T, f *fixture) {
+			// A renewal sent before a release and arriving after it must not
+			// lease the operation again: a release is final.
+			op := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
+			require.NoError(t, f.s.ReleaseOperation(f.ctx, op.ID, op.Token))
+			rs, err := f.s.RenewLeases(f.ctx, "engine-1", longLease, []store.Lease{{OperationID: op.ID, Token: op.Token}})
+			require.NoError(t, err)
+			require.Len(t, rs, 1)
+			assert.Equal(t, store.LeaseLost, rs[0].Status)
+			assert.True(t, f.get(op.ID).LeaseExpiresAt.IsZero(), "still released")
+			got := f.claim("engine-2", 1, longLease)
+			require.Len(t, got, 1, "claimable at once by another engine")
+		}},
 		{"ReleasedClaimableAgain", func(t *testing.T, f *fixture) {
 			op := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
 			require.NoError(t, f.s.ReleaseOperation(f.ctx, op.ID, op.Token))
