@@ -88,11 +88,29 @@ type Metadata struct {
 	Signed bool
 }
 
-// Supports reports whether boardName is one of m.SupportedDevices, compared
-// as Map compares board names (trimmed, case-insensitive). It is false for
-// an empty boardName.
+// Boards returns the board names the image is for, as sysupgrade reads
+// them: NewSupportedDevices when present; otherwise SupportedDevices, except
+// for an image whose CompatVersion is not 1.0, where SupportedDevices holds
+// a message for older releases (why they cannot take the image), not board
+// names. It may be empty.
+func (m *Metadata) Boards() []string {
+	if m == nil {
+		return nil
+	}
+	if len(m.NewSupportedDevices) > 0 {
+		return m.NewSupportedDevices
+	}
+	if cv := strings.TrimSpace(m.CompatVersion); cv != "" && cv != "1.0" {
+		return nil
+	}
+	return m.SupportedDevices
+}
+
+// Supports reports whether boardName is one of m.Boards(), compared as Map
+// compares board names (trimmed, case-insensitive). It is false for an
+// empty boardName.
 func (m *Metadata) Supports(boardName string) bool {
-	return m != nil && matchAny(m.SupportedDevices, boardName) > 0
+	return m != nil && matchAny(m.Boards(), boardName) > 0
 }
 
 // metadataJSON is the JSON shape of Metadata.

@@ -298,3 +298,20 @@ func TestParseMetadataLeadingWhiteSpace(t *testing.T) {
 		assert.ErrorIs(t, err, imagemap.ErrCorruptMetadata, "%q", bad)
 	}
 }
+
+func TestMetadataBoards(t *testing.T) {
+	t.Parallel()
+	plain := &imagemap.Metadata{CompatVersion: "1.0", SupportedDevices: []string{"a,b", "c,d"}}
+	assert.Equal(t, []string{"a,b", "c,d"}, plain.Boards())
+	assert.True(t, plain.Supports("C,D"))
+	dsa := &imagemap.Metadata{CompatVersion: "1.1", SupportedDevices: []string{"a long message for older releases"},
+		NewSupportedDevices: []string{"x,y"}}
+	assert.Equal(t, []string{"x,y"}, dsa.Boards())
+	assert.False(t, dsa.Supports("a long message for older releases"))
+	msgOnly := &imagemap.Metadata{CompatVersion: "2.0", SupportedDevices: []string{"message"}}
+	assert.Empty(t, msgOnly.Boards(), "with compat_version other than 1.0 supported_devices is a message")
+	noCompat := &imagemap.Metadata{SupportedDevices: []string{"e,f"}}
+	assert.Equal(t, []string{"e,f"}, noCompat.Boards(), "no compat_version means 1.0")
+	var none *imagemap.Metadata
+	assert.Empty(t, none.Boards())
+}

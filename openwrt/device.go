@@ -185,23 +185,6 @@ func (t *tailReaderAt) ReadAt(p []byte, off int64) (int, error) {
 	return n, nil
 }
 
-// metadataBoards returns the boards an image's metadata names: its
-// new_supported_devices when present, else its supported_devices, except
-// that with a compat_version other than 1.0 supported_devices holds a
-// message for older releases, not boards.
-func metadataBoards(md *imagemap.Metadata) []string {
-	if md == nil {
-		return nil
-	}
-	if len(md.NewSupportedDevices) > 0 {
-		return md.NewSupportedDevices
-	}
-	if cv := strings.TrimSpace(md.CompatVersion); cv != "" && cv != "1.0" {
-		return nil
-	}
-	return md.SupportedDevices
-}
-
 // checkImageFits holds the image's own metadata as the authority, before
 // anything is uploaded: a device whose board name it does not list is
 // refused even with -F (a file named like one board's image that carries
@@ -222,7 +205,7 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 		return nil
 	}
 	a.meta = md
-	if boards := metadataBoards(md); len(boards) > 0 {
+	if boards := md.Boards(); len(boards) > 0 {
 		if a.board == "" || !slicesContainsFold(boards, a.board) {
 			a.logf(ctx, "The image is for %s, the device's board is %q: refused (even with -F)", strings.Join(boards, ", "), a.board)
 			return upgrader.Aborted(status.ReasonNoImageForBoard,

@@ -41,9 +41,13 @@ func (e *Engine) CreateBuild(ctx context.Context, b store.Build) (store.Build, e
 // imagemap.TypeFromFileName).
 //
 // It refuses, storing nothing: an image larger than Config.MaxImageSize
-// (ErrImageTooLarge), an image type that is not in Config.ImageMap unless the
-// image's own metadata names its boards (ErrUnknownImageType), and whatever
-// the store refuses.
+// (ErrImageTooLarge), an empty image or one whose fwtool metadata is corrupt
+// or fails its CRC (ErrImageInvalid), an image type that is not in
+// Config.ImageMap unless the image's own metadata names its boards
+// (ErrUnknownImageType), and whatever the store refuses. Metadata is read
+// as sysupgrade reads it (imagemap.Metadata.Boards): new_supported_devices
+// when present, and no boards from the message an image with a
+// compat_version other than 1.0 carries in supported_devices.
 func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (store.Image, error) {
 	if r == nil {
 		return store.Image{}, errors.New("upgrader: CreateImage: nil reader")
@@ -91,8 +95,23 @@ func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (
 		return store.Image{}, &store.ValidationError{Record: "image", Field: "SHA256",
 			Problem: fmt.Sprintf("the file's SHA-256 is %s, not %s", im.SHA256, want)}
 	}
-	if md, err := e.readMetadata(ctx, im.ID, n); err == nil {
-		for _, b := range md.SupportedDevices {
+	if n == 0 {
+		return store.Image{}, fmt.Errorf("%w: the image is empty", ErrImageInvalid)
+	}
+	md, err := e.readMetadata(ctx, im.ID, n)
+	switch {
+	case errors.Is(err, imagemap.ErrNoMetadata), errors.Is(err, errNoRandomAccess):
+		// Many valid images carry none (x86 combined, older builds).
+	case err != nil:
+		return store.Image{}, fmt.Errorf("%w: %w", ErrImageInvalid, err)
+	default:
+		if err := e.verifyCRC(ctx, im.ID, n); err != nil {
+			return store.Image{}, fmt.Errorf("%w: %w", ErrImageInvalid, err)
+		}
+		// The metadata is accepted whole: its boards are new_supported_devices
+		// when present, and a compat_version other than 1.0 makes
+		// supported_devices a message, not boards (imagemap.Metadata.Boards).
+		for _, b := range md.Boards() {
 			if !slices.Contains(im.Boards, b) {
 				im.Boards = append(im.Boards, b)
 			}
@@ -109,6 +128,12 @@ func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (
 	return created, nil
 }
 
+// ErrImageInvalid is returned by CreateImage for an image that cannot be
+// right: empty, or with fwtool metadata that is corrupt or fails its CRC.
+var ErrImageInvalid = errors.New("upgrader: invalid image")
+
+var errNoRandomAccess = errors.New("upgrader: image reader has no random access")
+
 // readMetadata reads the fwtool metadata of a stored image when its reader
 // allows random access.
 func (e *Engine) readMetadata(ctx context.Context, key string, size int64) (*imagemap.Metadata, error) {
@@ -119,9 +144,23 @@ func (e *Engine) readMetadata(ctx context.Context, key string, size int64) (*ima
 	defer rc.Close()
 	ra, ok := rc.(io.ReaderAt)
 	if !ok {
-		return nil, errors.New("upgrader: image reader has no random access")
+		return nil, errNoRandomAccess
 	}
 	return imagemap.ReadMetadata(ra, size)
+}
+
+// verifyCRC checks the fwtool CRC of a stored image (it reads it once).
+func (e *Engine) verifyCRC(ctx context.Context, key string, size int64) error {
+	rc, err := e.cfg.Files.Open(ctx, key)
+	if err != nil {
+		return err
+	}
+	defer rc.Close()
+	ra, ok := rc.(io.ReaderAt)
+	if !ok {
+		return nil
+	}
+	return imagemap.VerifyCRC(ctx, ra, size)
 }
 
 // RegisterDevice creates or updates a device (see store.Devices.PutDevice).
