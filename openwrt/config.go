@@ -28,15 +28,26 @@ const (
 	// expected: the device drops the session while it flashes.
 	DefaultUpgradeTimeout = 5 * time.Minute
 	// DefaultReconnectDelay is the wait after the flash before the first
-	// reconnection attempt.
-	DefaultReconnectDelay = 20 * time.Second
+	// reconnection attempt: the device keeps answering on its old firmware
+	// for a few seconds while sysupgrade prepares the flash.
+	DefaultReconnectDelay = 5 * time.Second
 	// DefaultReconnectRetryDelay is the wait between reconnection attempts.
-	DefaultReconnectRetryDelay = 10 * time.Second
-	// DefaultReconnectMaxRetries is the number of reconnection attempts.
-	// With the default delays (and a connect timeout per attempt) the device
-	// has about 7 to 17 minutes to come back, enough for routers that take
-	// 2 to 4 minutes to flash and boot.
-	DefaultReconnectMaxRetries = 40
+	// Attempts are frequent and cheap (see DefaultReconnectDialTimeout), so
+	// a device's SSH is reached well within a second of answering.
+	DefaultReconnectRetryDelay = 250 * time.Millisecond
+	// DefaultReconnectDialTimeout bounds the TCP connection of each
+	// reconnection attempt (the SSH handshake that follows still has
+	// ConnectTimeout): an address that is silent while the device reboots
+	// costs little, and every attempt sends a fresh SYN instead of waiting
+	// for the kernel's retransmission.
+	DefaultReconnectDialTimeout = 750 * time.Millisecond
+	// DefaultReconnectWindow is how long after the flash the device has to
+	// come back on its new firmware (openwisp allows about 15 minutes):
+	// enough for routers that take several minutes to flash and boot.
+	DefaultReconnectWindow = 15 * time.Minute
+	// DefaultReconnectMaxRetries is 0: the number of reconnection attempts
+	// is bounded by ReconnectWindow only.
+	DefaultReconnectMaxRetries = 0
 	// DefaultMemoryMargin is added to the image size when checking the
 	// device's free memory: the image lives in /tmp (RAM) and sysupgrade
 	// needs some room of its own to run.
@@ -174,8 +185,15 @@ type Config struct {
 	// ReconnectRetryDelay is the wait between reconnection attempts.
 	// Defaults to DefaultReconnectRetryDelay.
 	ReconnectRetryDelay time.Duration
-	// ReconnectMaxRetries is the number of reconnection attempts. Defaults
-	// to DefaultReconnectMaxRetries.
+	// ReconnectDialTimeout bounds the TCP connection of each reconnection
+	// attempt. Defaults to DefaultReconnectDialTimeout.
+	ReconnectDialTimeout time.Duration
+	// ReconnectWindow is how long after the flash (or, for Verify, after
+	// it starts) the device has to come back. Defaults to
+	// DefaultReconnectWindow.
+	ReconnectWindow time.Duration
+	// ReconnectMaxRetries, when positive, also caps the number of
+	// reconnection attempts. Defaults to 0: the window alone decides.
 	ReconnectMaxRetries int
 	// MemoryMargin is added to the image size when checking free memory.
 	// Defaults to DefaultMemoryMargin; a negative value means no margin.
@@ -225,6 +243,8 @@ func (c *Config) withDefaults() (Config, error) {
 		{&cfg.UpgradeTimeout, DefaultUpgradeTimeout, "UpgradeTimeout"},
 		{&cfg.ReconnectDelay, DefaultReconnectDelay, "ReconnectDelay"},
 		{&cfg.ReconnectRetryDelay, DefaultReconnectRetryDelay, "ReconnectRetryDelay"},
+		{&cfg.ReconnectDialTimeout, DefaultReconnectDialTimeout, "ReconnectDialTimeout"},
+		{&cfg.ReconnectWindow, DefaultReconnectWindow, "ReconnectWindow"},
 	} {
 		if err := set(f.d, f.def, f.name); err != nil {
 			return cfg, err
@@ -233,11 +253,8 @@ func (c *Config) withDefaults() (Config, error) {
 	if cfg.UploadTimeout < 0 {
 		return cfg, errors.New("openwrt: Config.UploadTimeout is negative")
 	}
-	switch {
-	case cfg.ReconnectMaxRetries < 0:
+	if cfg.ReconnectMaxRetries < 0 {
 		return cfg, errors.New("openwrt: Config.ReconnectMaxRetries is negative")
-	case cfg.ReconnectMaxRetries == 0:
-		cfg.ReconnectMaxRetries = DefaultReconnectMaxRetries
 	}
 	switch {
 	case cfg.MemoryMargin < 0:

@@ -60,6 +60,12 @@ func withPort(addr string) string {
 // no host key check → aborted (host-key-mismatch); anything else →
 // recoverable (connection-failed).
 func dial(ctx context.Context, creds Credentials, timeout time.Duration) (*conn, error) {
+	return dialWith(ctx, creds, timeout, timeout)
+}
+
+// dialWith is dial with a TCP connection timeout of its own (tcpTimeout)
+// before the SSH handshake's (timeout).
+func dialWith(ctx context.Context, creds Credentials, timeout, tcpTimeout time.Duration) (*conn, error) {
 	if creds.HostKeyCallback == nil {
 		return nil, upgrader.Aborted(status.ReasonHostKeyMismatch,
 			errors.New("openwrt: the credentials have no host key check (HostKeyCallback); refusing to connect"))
@@ -103,7 +109,7 @@ func dial(ctx context.Context, creds Credentials, timeout time.Duration) (*conn,
 			}))
 	}
 
-	d := net.Dialer{Timeout: timeout}
+	d := net.Dialer{Timeout: min(tcpTimeout, timeout)}
 	nc, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
 		return nil, upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: connect to %s: %w", addr, err))

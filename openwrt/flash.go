@@ -135,28 +135,51 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 	return nil
 }
 
-// reconnect tries ReconnectMaxRetries times to connect, asking for the
-// credentials each time, and calls check on every connection it gets. check
-// returns done=true to stop (with its error as the result); done=false with
-// an error or not means "try again later". When the attempts run out, the
-// result is the last check's old-firmware verdict if the device answered
-// last, and failed, unreachable after flash, otherwise.
+// reconnectLogEvery is how often a reconnection that keeps failing logs
+// where it is (the first failure is always logged).
+const reconnectLogEvery = 30 * time.Second
+
+// reconnect connects again and again, for ReconnectWindow (and at most
+// ReconnectMaxRetries times when that is set), asking for the credentials
+// each time, and calls check on every connection it gets. check returns
+// done=true to stop (with its error as the result); done=false with an
+// error or not means "try again later". When the window passes, the result
+// is the last check's old-firmware verdict if the device answered last, and
+// failed, unreachable after flash, otherwise.
 func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bool, error)) error {
 	var lastErr error
-	for i := 1; i <= a.cfg.ReconnectMaxRetries; i++ {
+	start := time.Now()
+	deadline := start.Add(a.cfg.ReconnectWindow)
+	var lastLog time.Time
+	failures := 0
+	i := 0
+	for {
+		i++
+		if a.cfg.ReconnectMaxRetries > 0 && i > a.cfg.ReconnectMaxRetries {
+			break
+		}
 		if i > 1 {
+			if time.Now().Add(a.cfg.ReconnectRetryDelay).After(deadline) {
+				break
+			}
 			if err := sleep(ctx, a.cfg.ReconnectRetryDelay); err != nil {
 				return err
 			}
 		}
-		a.logf(ctx, "Trying to reconnect to the device (attempt %d of %d)", i, a.cfg.ReconnectMaxRetries)
-		c, err := a.connect(ctx)
+		c, err := a.connectWith(ctx, a.cfg.ReconnectDialTimeout)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			lastErr = inner(err)
-			a.logf(ctx, "Device not reachable yet: %v", lastErr)
+			failures++
+			if failures == 1 || time.Since(lastLog) >= reconnectLogEvery {
+				lastLog = time.Now()
+				a.logf(ctx, "Device not reachable yet (%d attempts in %s): %v", i, time.Since(start).Round(time.Second), lastErr)
+			}
+			if time.Now().After(deadline) {
+				break
+			}
 			continue
 		}
 		a.c = c
@@ -167,7 +190,7 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 			}
 			a.progress(ctx, status.ProgressReconnected)
 		}
-		a.logf(ctx, "Connected to %s", c.addr)
+		a.logf(ctx, "Connected to %s (attempt %d, %s after the start of the wait)", c.addr, i, time.Since(start).Round(time.Millisecond))
 		if err := a.checkSameDevice(ctx); err != nil {
 			lastErr = err
 			a.close()
@@ -187,6 +210,9 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 				a.logf(ctx, "Verification interrupted: %v", err)
 			}
 		}
+		if time.Now().After(deadline) {
+			break
+		}
 	}
 	if isStale(lastErr) {
 		// The device answered last, but never proved the new firmware.
@@ -196,26 +222,40 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 		lastErr = errors.New("no attempt made")
 	}
 	return upgrader.Failed(status.ReasonUnreachableAfterFlash,
-		fmt.Errorf("openwrt: device %s not reachable after the flash (%d attempts): %w",
-			deviceLabel(a.job.Device), a.cfg.ReconnectMaxRetries, lastErr))
+		fmt.Errorf("openwrt: device %s not reachable after the flash (%d attempts in %s): %w",
+			deviceLabel(a.job.Device), i-1, time.Since(start).Round(time.Second), lastErr))
 }
 
 // proveRelease is the last check of a reconnection: the device must run the
-// build's OS identifier (when it has one); then the image's checksum is
-// recorded on the device. A different release is an old-firmware verdict,
-// final (done) or not as the caller says.
+// expected release (the build's OS identifier, else the version in the
+// image's metadata); when neither names one, it must at least run another
+// release than before the flash. Only then is the image's checksum recorded
+// on the device: a device on its old firmware never gets it (it would make
+// the next upgrade look "already installed"). A failed proof is an
+// old-firmware verdict, final (done) or not as the caller says.
 func (a *attempt) proveRelease(ctx context.Context, final bool) (bool, error) {
-	if want := a.job.Image.Build.OSIdentifier; strings.TrimSpace(want) != "" {
-		rel, err := a.readRelease(ctx)
-		if err != nil {
-			return false, err
-		}
-		if !releaseMatches(rel, want) {
-			a.logf(ctx, "The device runs %q, not %q", rel, want)
-			return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
-				fmt.Errorf("openwrt: the device runs %q instead of %q", rel, want))
-		}
+	rel, err := a.readRelease(ctx)
+	if err != nil {
+		return false, err
+	}
+	want, wantDesc, known := a.expectedRelease()
+	switch {
+	case known && !runsExpected(rel, want, wantDesc):
+		a.logf(ctx, "The device runs %q, not %q", rel, wantDesc)
+		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			fmt.Errorf("openwrt: the device runs %q instead of %q", rel, wantDesc))
+	case known:
 		a.logf(ctx, "The device runs %q", rel)
+	case a.beforeDesc == "":
+		a.logf(ctx, "Neither the build nor the image's metadata names the new release, and the release before the flash is unknown: cannot prove the upgrade")
+		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			fmt.Errorf("openwrt: cannot prove the device runs the new firmware (it runs %q; nothing names the expected release)", rel))
+	case strings.TrimSpace(rel) == strings.TrimSpace(a.beforeDesc):
+		a.logf(ctx, "The device still runs %q, its release before the flash", rel)
+		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
+			fmt.Errorf("openwrt: the device still runs %q, the release it ran before the flash", rel))
+	default:
+		a.logf(ctx, "The device runs %q (before the flash: %q)", rel, a.beforeDesc)
 	}
 	if err := a.writeChecksum(ctx); err != nil {
 		return false, err
@@ -256,8 +296,8 @@ func (a *attempt) checkSameDevice(ctx context.Context) error {
 // Verify proves, without flashing, whether an earlier flash of the job's
 // image succeeded: it connects (with the reconnection attempts), then
 // accepts the device when ChecksumFile holds the image's SHA-256, or when
-// the build has an OS identifier and the device's release matches it (the
-// checksum is then written). Otherwise it returns failed with
+// the device runs the expected release (the build's OS identifier, else the
+// version in the image's metadata; the checksum is then written). Otherwise it returns failed with
 // status.ReasonOldFirmwareAfterReboot, or status.ReasonUnreachableAfterFlash
 // when the device cannot be reached.
 func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
@@ -272,6 +312,9 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
 	}
 	a.logf(ctx, "Verifying the outcome of an earlier flash")
+	if md, err := a.imageMetadata(ctx); err == nil {
+		a.meta = md // the expected release, when the build has none
+	}
 	// A device on the old firmware may still be about to flash or reboot:
 	// that verdict is only final when the reconnection window has passed.
 	err = a.reconnect(ctx, func(ctx context.Context) (bool, error) {
@@ -284,9 +327,9 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 			a.logf(ctx, "The device runs the image (checksum in %s)", ChecksumFile)
 			return true, nil
 		}
-		if strings.TrimSpace(job.Image.Build.OSIdentifier) == "" {
+		if _, _, known := a.expectedRelease(); !known {
 			return true, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
-				errors.New("openwrt: the device has no record of the image and the build has no OS identifier to check"))
+				errors.New("openwrt: the device has no record of the image, and neither the build nor the image's metadata names the release to check"))
 		}
 		// The device may not have flashed or rebooted yet: not final.
 		return a.proveRelease(ctx, false)

@@ -178,11 +178,16 @@ func (a *attempt) credentials(ctx context.Context) (Credentials, error) {
 }
 
 func (a *attempt) connect(ctx context.Context) (*conn, error) {
+	return a.connectWith(ctx, a.cfg.ConnectTimeout)
+}
+
+// connectWith connects with a TCP connection timeout of tcpTimeout.
+func (a *attempt) connectWith(ctx context.Context, tcpTimeout time.Duration) (*conn, error) {
 	creds, err := a.credentials(ctx)
 	if err != nil {
 		return nil, err
 	}
-	c, err := dial(ctx, creds, a.cfg.ConnectTimeout)
+	c, err := dialWith(ctx, creds, a.cfg.ConnectTimeout, tcpTimeout)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -454,11 +459,6 @@ func parseRelease(s string) (string, bool) {
 	return "", false
 }
 
-// releaseMatches reports whether the device's release is the build's OS
-// identifier: both trimmed, compared exactly.
-func releaseMatches(got, want string) bool {
-	return strings.TrimSpace(got) == strings.TrimSpace(want)
-}
 
 // testImage runs "sysupgrade --test" with the operation's own flags, so
 // that what the flash would refuse (compat_version, a missing overlay for

@@ -95,7 +95,7 @@ func parse(args []string) (*params, error) {
 	fs.StringVar(&optionFlag, "option", "c", "sysupgrade options, letters separated by commas")
 	fs.DurationVar(&p.reconnectDelay, "reconnect-delay", openwrt.DefaultReconnectDelay, "wait after flashing before reconnecting")
 	fs.DurationVar(&p.reconnectRetry, "reconnect-retry-delay", openwrt.DefaultReconnectRetryDelay, "wait between reconnection attempts")
-	fs.IntVar(&p.reconnectMax, "reconnect-max-retries", openwrt.DefaultReconnectMaxRetries, "reconnection attempts")
+	fs.IntVar(&p.reconnectMax, "reconnect-max-retries", openwrt.DefaultReconnectMaxRetries, "cap on reconnection attempts (0: as many as the reconnection window allows)")
 	fs.DurationVar(&p.upgradeTimeout, "upgrade-timeout", openwrt.DefaultUpgradeTimeout, "bound of the sysupgrade command")
 	fs.IntVar(&p.retries, "retries", upgrader.DefaultMaxRetries, "retries of recoverable failures before flashing")
 	fs.DurationVar(&p.retryDelay, "retry-delay", upgrader.DefaultRetryInitial, "wait before the first retry")
@@ -124,8 +124,8 @@ func parse(args []string) (*params, error) {
 		return nil, usagef("fwupgrade: give exactly one of --uuid and --no-identity-check")
 	case p.reconnectDelay < 0 || p.reconnectRetry < 0 || p.upgradeTimeout < 0 || p.retryDelay < 0:
 		return nil, usagef("fwupgrade: durations must not be negative")
-	case p.reconnectMax < 1:
-		return nil, usagef("fwupgrade: --reconnect-max-retries must be at least 1")
+	case p.reconnectMax < 0:
+		return nil, usagef("fwupgrade: --reconnect-max-retries must not be negative")
 	case p.retries < 0:
 		return nil, usagef("fwupgrade: --retries must not be negative")
 	}
