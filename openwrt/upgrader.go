@@ -459,7 +459,6 @@ func parseRelease(s string) (string, bool) {
 	return "", false
 }
 
-
 // testImage runs "sysupgrade --test" with the operation's own flags, so
 // that what the flash would refuse (compat_version, a missing overlay for
 // -c, /rom for -u, the board) is refused now, with the device untouched.
