@@ -38,7 +38,18 @@ type claim struct {
 	// (this machine's monotonic clock): the store's lease runs at least
 	// until heldFrom + LeaseDuration, whatever the network did since.
 	heldFrom time.Time
+	// watchdog gives the claim up at heldFrom + giveUpAfter, unless a
+	// renewal succeeds first: on this engine's own clock, independent of
+	// how long a hung store call takes.
+	watchdog *time.Timer
 }
+
+// giveUpAfter is how long after the last successful renewal was sent an
+// engine gives a claim up on its own: three quarters of the lease, so one
+// failed renewal round (every third of the lease) is survived, and the
+// attempt stops a quarter of a lease before the store can hand the
+// operation to another engine.
+func giveUpAfter(lease time.Duration) time.Duration { return lease * 3 / 4 }
 
 // setCancel installs the cancel function of the running attempt's context;
 // a cancel or a loss already seen cancels it at once.
@@ -94,6 +105,10 @@ func (c *claim) gone() bool {
 func (e *Engine) hold(op store.Operation, sent time.Time) *claim {
 	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), heldFrom: sent}
 	c.wctx, c.wcancel = context.WithCancel(context.Background())
+	c.watchdog = time.AfterFunc(time.Until(sent.Add(giveUpAfter(e.cfg.LeaseDuration))), func() {
+		e.log.Warn("giving up a claim whose lease could not be renewed in time", slog.String("operation", c.id))
+		c.markLost() // before the store can give it to someone else
+	})
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.held[op.ID] = c
@@ -119,6 +134,7 @@ func (e *Engine) unhold(c *claim, release bool) {
 		}
 	}
 	e.mu.Unlock()
+	c.watchdog.Stop()
 	defer c.wcancel()
 	if !release || c.gone() {
 		return
@@ -135,10 +151,10 @@ func (e *Engine) unhold(c *claim, release bool) {
 // round, every third of Config.LeaseDuration. A lease reported lost
 // interrupts its attempt, and so does a cancel reported through the
 // renewal. When the store cannot be reached, the engine gives up a claim on
-// its own clock, two thirds of a lease after the last renewal that
-// succeeded was sent: before the store's lease can end and another engine
-// take the operation over, so two engines never work on one device at
-// once. It returns when nothing is held.
+// its own clock, three quarters of a lease after the last renewal that
+// succeeded was sent (see giveUpAfter): before the store's lease can end and
+// another engine take the operation over, so two engines never work on one
+// device at once. It returns when nothing is held.
 func (e *Engine) renew() {
 	defer e.renewWG.Done()
 	every := e.cfg.LeaseDuration / 3
@@ -175,21 +191,17 @@ func (e *Engine) renewOnce(claims []*claim, leases []store.Lease) {
 		e.log.Warn("renewing leases failed", slog.Int("leases", len(leases)), slog.Any("error", err))
 		rs = nil
 	}
+	if rs == nil {
+		return // each claim's watchdog gives it up in time
+	}
 	for i, c := range claims {
-		if rs == nil {
-			c.mu.Lock()
-			stale := time.Since(c.heldFrom) >= e.cfg.LeaseDuration*2/3
-			c.mu.Unlock()
-			if stale {
-				e.log.Warn("giving up a claim whose lease could not be renewed", slog.String("operation", c.id))
-				c.markLost() // before the store can give it to someone else
-			}
-			continue
-		}
 		switch rs[i].Status {
 		case store.LeaseHeld:
 			c.mu.Lock()
-			c.heldFrom = sent
+			if !c.isLost {
+				c.heldFrom = sent
+				c.watchdog.Reset(time.Until(sent.Add(giveUpAfter(e.cfg.LeaseDuration))))
+			}
 			c.mu.Unlock()
 		case store.LeaseCancelRequested:
 			c.markCancelled()
