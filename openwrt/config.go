@@ -208,6 +208,10 @@ type Config struct {
 	// Services are the init.d services stopped when memory is short.
 	// Defaults to DefaultServices; an empty non-nil slice stops none.
 	Services []string
+	// KeepWireless keeps the wireless up when memory is short (by default
+	// it is brought down with "wifi down", as openwisp does). Set it for
+	// devices managed over their wireless uplink: they must never lose it.
+	KeepWireless bool
 	// UploadMethods is the order in which upload methods are tried.
 	// Defaults to DefaultUploadMethods.
 	UploadMethods []UploadMethod

@@ -130,7 +130,16 @@ func dialWith(ctx context.Context, creds Credentials, timeout, tcpTimeout time.D
 	_ = nc.SetDeadline(time.Time{})
 	client := ssh.NewClient(sc, chans, reqs)
 	c := &conn{client: client, addr: addr}
-	c.stop = context.AfterFunc(ctx, func() { client.Close() })
+	c.stop = context.AfterFunc(ctx, func() {
+		// The attempt is over (cancelled, timed out, or its claim lost to
+		// another engine): reset the connection rather than close it, so
+		// that what the kernel still holds unsent (upload data) is dropped
+		// instead of reaching the device after we stopped.
+		if tc, ok := nc.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		client.Close()
+	})
 	return c, nil
 }
 

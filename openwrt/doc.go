@@ -24,40 +24,87 @@
 //     recoverable (connection-failed).
 //  2. identity: "uci get openwisp.http.uuid" must equal the device's ID
 //     (UUIDs compared without dashes, ignoring case), or the operation is
-//     aborted (identity-mismatch) (progress 15). [Config.SkipIdentityCheck]
-//     turns it off.
+//     aborted (identity-mismatch). [Config.SkipIdentityCheck] turns it off.
+//     Then the attempt learns the device's release (/etc/openwrt_release),
+//     board name (/tmp/sysinfo, else "ubus call system board", else the
+//     host's record) and compat_version (/etc/board.json), and refuses,
+//     before anything is uploaded: an option the release lacks
+//     (invalid-options); an image whose own fwtool metadata does not list
+//     the device's board name, even with -F (no-image-for-board); a
+//     compat_version major mismatch, and a minor one unless -n or
+//     --ignore-minor-compat-version allows it (image-invalid) (progress 15).
 //  3. checksum: when /etc/openwisp/firmware_checksum holds the image's
 //     SHA-256 the device already runs it: not needed (already-installed),
 //     nothing uploaded (progress 20).
-//  4. memory: /tmp/opkg-lists is removed and the caches dropped; if the
-//     image plus [Config.MemoryMargin] does not fit in MemAvailable (MemFree
-//     on old kernels), [Config.Services] are stopped and the wireless brought
-//     down; still short → aborted (insufficient-memory).
+//  4. memory: /tmp/opkg-lists is removed and the caches dropped; the upload
+//     directory's free space must hold the image; if the image plus
+//     [Config.MemoryMargin] does not fit in MemAvailable (on 12.09 and
+//     14.07: MemFree + Buffers + Cached - Shmem), [Config.Services] are
+//     stopped, the wireless brought down (unless [Config.KeepWireless]) and
+//     the caches dropped again; still short → aborted (insufficient-memory).
 //  5. upload: the image is streamed to [Config.RemotePathFunc]'s path by the
 //     first method the device offers (SFTP, SCP, "cat >"; the one that
 //     worked is remembered per address), progress 20→60 by bytes, then
-//     checked with sha256sum: a broken transfer is recoverable
-//     (upload-failed), a different checksum too (upload-corrupt).
-//  6. image-test: "sysupgrade --test [-F] PATH"; refused → aborted
-//     (image-invalid) with the device's output in the log.
+//     checked with sha256sum (md5sum before 17.01): a broken transfer is
+//     recoverable (upload-failed), a different checksum too
+//     (upload-corrupt).
+//  6. image-test: "sysupgrade --test FLAGS PATH", with the operation's own
+//     flags, so that what the flash would refuse is refused now; refused →
+//     aborted (image-invalid) with the device's output in the log. 12.09 has
+//     no --test: the metadata checks of step 2 stand in for it.
 //  7. flashing: the boot id is read, /etc/openwisp/checksum removed, and
 //     only if the reporter accepts the move into status.PhaseFlashing (the
 //     compare-and-set against a cancel) "sysupgrade -v FLAGS PATH" runs
-//     (progress 65). The session dropping or timing out
-//     ([Config.UpgradeTimeout]) is expected, and so is the false
-//     "Command failed: ubus call system sysupgrade … do_stage2 …" error of
-//     OpenWrt >= 21.02. Any other non-zero exit is failed (flash-failed):
-//     the device did not start flashing, so the services are started again
-//     and no reboot is waited for.
-//  8. rebooting, verifying: after [Config.ReconnectDelay], up to
-//     [Config.ReconnectMaxRetries] reconnections every
-//     [Config.ReconnectRetryDelay] (progress 90 at the first). The upgrade is
-//     proven when the boot id changed and, if the build has an OS
-//     identifier, DISTRIB_DESCRIPTION of /etc/openwrt_release equals it (both
-//     trimmed, compared exactly). The image's SHA-256 is then written to
-//     /etc/openwisp/firmware_checksum (progress 100). Never reachable → failed
-//     (unreachable-after-flash); same boot id until the end or another
-//     release → failed (old-firmware-after-reboot).
+//     (progress 65); from then on it is sent even if ctx ends. The session
+//     dropping or timing out ([Config.UpgradeTimeout]) is expected, and so is
+//     the exit 246 "Command failed: ubus call system sysupgrade … do_stage2
+//     … (Connection failed)" of 22.03 and later. procd's "(Not supported)",
+//     any other non-zero exit, or a command that could not be started (after
+//     3 tries) is failed (flash-failed): the device was not flashed, so the
+//     services are started again, the image removed, and no reboot waited
+//     for. The output kept is its start and its end (a -v listing can be
+//     longer than any cap; the verdict is at its end).
+//  8. rebooting, verifying: after [Config.ReconnectDelay], reconnections
+//     every [Config.ReconnectRetryDelay] with a short TCP connect timeout
+//     ([Config.ReconnectDialTimeout]) for [Config.ReconnectWindow] (15
+//     minutes; [Config.ReconnectMaxRetries] may cap the attempts), so a
+//     device whose address is silent while it reboots is reached well
+//     within a second of its SSH answering (progress 90 at the first). The
+//     upgrade is proven when the boot id changed and the device runs the
+//     expected release: the build's OS identifier, else the release in the
+//     image's metadata, compared by version and revision ([Release.Same]:
+//     17.01's "LEDE Reboot" codename is not part of it); when neither names
+//     one, the release must differ from the one before the flash. Only then
+//     is the image's SHA-256 written to /etc/openwisp/firmware_checksum
+//     (progress 100). Never reachable → failed (unreachable-after-flash);
+//     same boot id until the end or another release → failed
+//     (old-firmware-after-reboot).
+//
+// # Releases
+//
+// What differs from release to release, as read from OpenWrt's sources at
+// each tag ([CapabilitiesOf]):
+//
+//	release  checksum   --test  options       compat check  flash ends with
+//	12.09    md5sum     no      -c -n -F      no            session drop
+//	14.07    md5sum     yes     -c -n -F      no            session drop
+//	15.05    md5sum     yes     -c -n -F      no            session drop
+//	17.01    sha256sum  yes     + -p          no            session drop
+//	18.06    sha256sum  yes     + -p          no            session drop
+//	19.07    sha256sum  yes     + -o -u -k    no            session drop
+//	21.02    sha256sum  yes     + -o -u -k    yes (-n)      session drop
+//	22.03+   sha256sum  yes     + --ignore-minor-compat-version
+//	                                          yes           exit 246 through ubus
+//
+// 12.09 and 14.07 kernels have no MemAvailable; most 12.09 targets have no
+// /tmp/sysinfo. DISTRIB_DESCRIPTION carries a codename up to 17.01 ("OpenWrt
+// Attitude Adjustment 12.09", "LEDE Reboot 17.01.7 r4030-…"). With no flag
+// sysupgrade still keeps the configuration files it lists (conffiles);
+// -n is what drops the configuration, and the device then comes back with
+// new host keys. -F makes sysupgrade skip its image checks, but not the
+// upgrader's metadata check, and on 25.12 it does not make --test accept
+// everything. During a reboot a device's address usually goes silent
+// (connections time out rather than being refused).
 //
 // Whenever an attempt ends before flashing (abort, cancel, failure, ctx
 // ending) the services it stopped are started again and the uploaded file

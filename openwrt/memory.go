@@ -13,10 +13,13 @@ import (
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
-// parseMeminfo returns MemAvailable from /proc/meminfo in bytes, or MemFree
-// on kernels without MemAvailable (before 3.14).
+// parseMeminfo returns MemAvailable from /proc/meminfo in bytes. Kernels
+// before 3.14 (OpenWrt 12.09 and 14.07) have no MemAvailable: the estimate
+// is then MemFree + Buffers + Cached - Shmem (tmpfs pages, /tmp among them,
+// count as cached but cannot be freed), or MemFree alone when those lines
+// are missing.
 func parseMeminfo(s string) (int64, string, bool) {
-	var free int64 = -1
+	vals := map[string]int64{}
 	sc := bufio.NewScanner(strings.NewReader(s))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
@@ -30,17 +33,54 @@ func parseMeminfo(s string) (int64, string, bool) {
 		if len(f) >= 3 && strings.EqualFold(f[2], "kB") {
 			n *= 1024
 		}
-		switch f[0] {
-		case "MemAvailable:":
-			return n, "MemAvailable", true
-		case "MemFree:":
-			free = n
-		}
+		vals[strings.TrimSuffix(f[0], ":")] = n
 	}
-	if free >= 0 {
+	if n, ok := vals["MemAvailable"]; ok {
+		return n, "MemAvailable", true
+	}
+	free, ok := vals["MemFree"]
+	if !ok {
+		return 0, "", false
+	}
+	buffers, okB := vals["Buffers"]
+	cached, okC := vals["Cached"]
+	if !okB || !okC {
 		return free, "MemFree", true
 	}
-	return 0, "", false
+	est := free + buffers + cached - vals["Shmem"]
+	return max(est, free), "MemFree+Buffers+Cached-Shmem", true
+}
+
+// parseDfAvailable returns the available bytes of the file system of a
+// "df -k PATH" output (busybox or coreutils; a long file system name may
+// wrap the data line).
+func parseDfAvailable(s string) (int64, bool) {
+	lines := strings.Split(strings.TrimSpace(s), "\n")
+	if len(lines) < 2 {
+		return 0, false
+	}
+	f := strings.Fields(strings.Join(lines[1:], " "))
+	// Filesystem 1K-blocks Used Available Use% Mounted-on
+	if len(f) < 6 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(f[len(f)-3], 10, 64)
+	if err != nil || n < 0 {
+		return 0, false
+	}
+	return n * 1024, true
+}
+
+// tmpAvailable returns the free space of the upload directory's file
+// system (/tmp is a tmpfs capped at half the RAM), or ok=false when the
+// device cannot tell.
+func (a *attempt) tmpAvailable(ctx context.Context) (int64, bool) {
+	dir := a.remotePath[:strings.LastIndex(a.remotePath, "/")+1]
+	out, err := a.exec(ctx, command("df", "-k", dir))
+	if err != nil {
+		return 0, false
+	}
+	return parseDfAvailable(out)
 }
 
 func (a *attempt) freeMemory(ctx context.Context) (int64, string, error) {
@@ -73,6 +113,11 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 		a.logf(ctx, "Could not drop the caches: %v", err)
 	}
 	need := a.job.Image.Size + a.cfg.MemoryMargin
+	if room, ok := a.tmpAvailable(ctx); ok && room < a.job.Image.Size {
+		a.logf(ctx, "%s has %s free, the image needs %s: it cannot be uploaded", a.remotePath, mib(room), mib(a.job.Image.Size))
+		return upgrader.Aborted(status.ReasonInsufficientMemory,
+			fmt.Errorf("openwrt: the upload directory has %s free, the image is %s", mib(room), mib(a.job.Image.Size)))
+	}
 	free, field, err := a.freeMemory(ctx)
 	switch {
 	case err == nil:
@@ -92,6 +137,10 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 	if err := a.stopServices(ctx); err != nil {
 		return err
 	}
+	// What the stopped services leave behind in the page cache goes too.
+	if _, err := a.exec(ctx, command("sync")+" && "+redirect(command("echo", "3"), dropCachesFile)); err != nil && ctx.Err() != nil {
+		return ctx.Err()
+	}
 	if free, field, err = a.freeMemory(ctx); err != nil {
 		return transportError(ctx, "read the free memory", err)
 	}
@@ -107,7 +156,7 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 func initScript(svc string) string { return "/etc/init.d/" + svc }
 
 // stopServices stops the configured services the device has, then the
-// wireless. Each one stopped is recorded, to be started again by cleanup.
+// wireless unless Config.KeepWireless. Each one stopped is recorded, to be started again by cleanup.
 func (a *attempt) stopServices(ctx context.Context) error {
 	for _, svc := range a.cfg.Services {
 		_, err := a.exec(ctx, command(initScript(svc), "stop"))
@@ -124,6 +173,9 @@ func (a *attempt) stopServices(ctx context.Context) error {
 		default:
 			return transportError(ctx, "stop service "+svc, err)
 		}
+	}
+	if a.cfg.KeepWireless {
+		return nil // a device managed over its wireless uplink must not lose it
 	}
 	_, err := a.exec(ctx, command("wifi", "down"))
 	var ce *CommandError

@@ -1,7 +1,9 @@
 package openwrt
 
 import (
+	"cmp"
 	"context"
+	"encoding/json"
 	"errors"
 	"strings"
 
@@ -10,8 +12,11 @@ import (
 
 // DeviceInfo is what Probe reads from a device.
 type DeviceInfo struct {
-	Model     string // /tmp/sysinfo/model
-	BoardName string // /tmp/sysinfo/board_name
+	// Model and BoardName come from /tmp/sysinfo, else from "ubus call
+	// system board", else (model only) from the "machine" line of
+	// /proc/cpuinfo; "" when the device cannot tell.
+	Model     string
+	BoardName string
 	Release   string // DISTRIB_DESCRIPTION of /etc/openwrt_release
 	// UUID is "uci get openwisp.http.uuid", "" when the option is not set.
 	UUID string
@@ -38,11 +43,35 @@ func (u *Upgrader) Probe(ctx context.Context, d store.Device) (DeviceInfo, error
 		return strings.TrimSpace(out), err
 	}
 	var info DeviceInfo
-	if info.Model, err = read("cat", "/tmp/sysinfo/model"); err != nil {
+	var ce *CommandError
+	// /tmp/sysinfo is absent on most 12.09 targets: ubus (procd, 14.07 on),
+	// then the CPU information, stand in for it.
+	info.Model, err = read("cat", "/tmp/sysinfo/model")
+	if err != nil && !errors.As(err, &ce) {
 		return info, transportError(ctx, "reading the model", err)
 	}
-	if info.BoardName, err = read("cat", "/tmp/sysinfo/board_name"); err != nil {
+	info.BoardName, err = read("cat", boardNameFile)
+	if err != nil && !errors.As(err, &ce) {
 		return info, transportError(ctx, "reading the board name", err)
+	}
+	if info.Model == "" || info.BoardName == "" {
+		if out, err := read("ubus", "call", "system", "board"); err == nil {
+			var b struct {
+				Model     string `json:"model"`
+				BoardName string `json:"board_name"`
+			}
+			if json.Unmarshal([]byte(out), &b) == nil {
+				info.Model = cmp.Or(info.Model, strings.TrimSpace(b.Model))
+				info.BoardName = cmp.Or(info.BoardName, strings.TrimSpace(b.BoardName))
+			}
+		} else if !errors.As(err, &ce) {
+			return info, transportError(ctx, "reading the board", err)
+		}
+	}
+	if info.Model == "" {
+		if out, err := read("cat", "/proc/cpuinfo"); err == nil {
+			info.Model = cpuinfoModel(out)
+		}
 	}
 	rel, err := read("cat", releaseFile)
 	if err != nil {
@@ -50,7 +79,6 @@ func (u *Upgrader) Probe(ctx context.Context, d store.Device) (DeviceInfo, error
 	}
 	info.Release, _ = parseRelease(rel)
 	uuid, err := read("uci", "get", "openwisp.http.uuid")
-	var ce *CommandError
 	switch {
 	case err == nil:
 		info.UUID = uuid
@@ -60,4 +88,20 @@ func (u *Upgrader) Probe(ctx context.Context, d store.Device) (DeviceInfo, error
 		return info, transportError(ctx, "reading the UUID", err)
 	}
 	return info, nil
+}
+
+// cpuinfoModel returns the "machine" (MIPS) or "Hardware" (ARM) line of
+// /proc/cpuinfo.
+func cpuinfoModel(s string) string {
+	for _, line := range strings.Split(s, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		switch strings.TrimSpace(k) {
+		case "machine", "Hardware":
+			return strings.TrimSpace(v)
+		}
+	}
+	return ""
 }

@@ -99,7 +99,7 @@ func TestMemory(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{sim: devicesim.Config{NoMemAvailable: true}})
 		require.NoError(t, b.upgrade(t))
-		require.Contains(t, b.rep.Logs(), "(MemFree)")
+		require.Contains(t, b.rep.Logs(), "(MemFree+Buffers+Cached-Shmem)")
 	})
 	t.Run("freed by stopping services", func(t *testing.T) {
 		t.Parallel()

@@ -2,8 +2,11 @@ package openwrt
 
 import (
 	"context"
+	"crypto/md5"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 
@@ -109,11 +112,51 @@ func (a *attempt) uploadWith(ctx context.Context, m UploadMethod, size int64) (i
 	return pr.n, nil
 }
 
-// verifyUpload compares the SHA-256 of the uploaded file with the image's.
+// verifyUpload compares the checksum of the uploaded file with the
+// image's: SHA-256 with sha256sum, or MD5 with md5sum on releases whose
+// busybox has no sha256sum (before 17.01), or when the applet is missing.
 func (a *attempt) verifyUpload(ctx context.Context) error {
-	out, err := a.exec(ctx, command("sha256sum", a.remotePath))
+	if a.caps.SHA256 {
+		err := a.verifyUploadWith(ctx, "sha256sum", "SHA-256", strings.ToLower(a.job.Image.SHA256))
+		var ce *CommandError
+		if !errors.As(err, &ce) || ce.ExitStatus != 127 {
+			return err
+		}
+		a.logf(ctx, "sha256sum is not available on the device: checking with md5sum")
+	}
+	want, err := a.imageMD5(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: read the image: %w", err))
+	}
+	return a.verifyUploadWith(ctx, "md5sum", "MD5", want)
+}
+
+// imageMD5 computes the MD5 of the job's image by streaming it once.
+func (a *attempt) imageMD5(ctx context.Context) (string, error) {
+	rc, err := a.job.Image.Open(ctx)
+	if err != nil {
+		return "", err
+	}
+	defer rc.Close()
+	h := md5.New()
+	if _, err := io.Copy(h, rc); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+// verifyUploadWith runs tool (sha256sum or md5sum) on the uploaded file and
+// compares its sum with want. A tool that is missing (exit 127) is returned
+// as its *CommandError.
+func (a *attempt) verifyUploadWith(ctx context.Context, tool, name, want string) error {
+	out, err := a.exec(ctx, command(tool, a.remotePath))
 	var ce *CommandError
 	switch {
+	case errors.As(err, &ce) && ce.ExitStatus == 127:
+		return err
 	case errors.As(err, &ce):
 		a.logf(ctx, "Cannot checksum the uploaded file: %s", ce.Output)
 		return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: checksum the uploaded file: %w", err))
@@ -124,12 +167,11 @@ func (a *attempt) verifyUpload(ctx context.Context) error {
 	if f := strings.Fields(out); len(f) > 0 {
 		got = strings.ToLower(strings.TrimPrefix(f[0], `\`))
 	}
-	want := strings.ToLower(a.job.Image.SHA256)
 	if got != want {
-		a.logf(ctx, "Uploaded file is corrupt: SHA-256 %s on the device, %s expected", got, want)
+		a.logf(ctx, "Uploaded file is corrupt: %s %s on the device, %s expected", name, got, want)
 		return upgrader.Recoverable(status.ReasonUploadCorrupt,
-			fmt.Errorf("openwrt: the uploaded file's SHA-256 is %q, expected %s", got, want))
+			fmt.Errorf("openwrt: the uploaded file's %s is %q, expected %s", name, got, want))
 	}
-	a.logf(ctx, "Uploaded file verified (SHA-256 %s)", want)
+	a.logf(ctx, "Uploaded file verified (%s %s)", name, want)
 	return nil
 }
