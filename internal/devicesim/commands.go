@@ -47,6 +47,9 @@ func init() {
 		"test":       (*env).test,
 		"[":          (*env).test,
 		"sha256sum":  (*env).sha256sum,
+		"md5sum":     (*env).md5sum,
+		"df":         (*env).df,
+		"free":       (*env).free,
 		"sync":       func(*env, *stdio, []string) int { return 0 },
 		"true":       func(*env, *stdio, []string) int { return 0 },
 		"false":      func(*env, *stdio, []string) int { return 1 },
@@ -174,19 +177,42 @@ func (e *env) simple(sc simpleCmd) int {
 		switch {
 		case dir == "/etc/init.d" && e.d.hasService(base):
 			return e.service(s, base, args)
-		case binDirs[dir] && builtins[base] != nil:
+		case binDirs[dir] && e.exists(base):
 			name = base
 		default:
-			e.fprintf(s.err, "sh: %s: not found\n", sc.argv[0])
-			return 127
+			return e.notFound(s, sc.argv[0])
 		}
 	}
-	fn := builtins[name]
-	if fn == nil || (name == "scp" && !e.d.cfg.SCP) {
-		e.fprintf(s.err, "sh: %s: not found\n", name)
-		return 127
+	if !e.exists(name) {
+		return e.notFound(s, name)
 	}
-	return fn(e, s, args)
+	return builtins[name](e, s, args)
+}
+
+// exists reports whether command name exists on the device: a builtin the
+// running release has.
+func (e *env) exists(name string) bool {
+	if builtins[name] == nil || (name == "scp" && !e.d.cfg.SCP) {
+		return false
+	}
+	e.d.mu.Lock()
+	defer e.d.mu.Unlock()
+	return e.d.prof.HasApplet(name)
+}
+
+// notFound prints what busybox ash prints for a command it cannot find when
+// dropbear runs it with "ash -c": "ash: NAME: not found", exit status 127.
+func (e *env) notFound(s *stdio, name string) int {
+	e.fprintf(s.err, "ash: %s: not found\n", name)
+	return 127
+}
+
+// busybox returns the "BusyBox vX multi-call binary." banner of usage
+// messages.
+func (e *env) busybox() string {
+	e.d.mu.Lock()
+	defer e.d.mu.Unlock()
+	return "BusyBox v" + e.d.prof.BusyBox + " multi-call binary."
 }
 
 // cat FILE... ; with no FILE it copies stdin (an upload when redirected).
@@ -324,7 +350,7 @@ func (e *env) rm(s *stdio, args []string) int {
 		paths = append(paths, a)
 	}
 	if len(paths) == 0 && !force {
-		e.fprintf(s.err, "BusyBox v1.35.0 multi-call binary.\n\nUsage: rm [-irf] FILE...\n")
+		e.fprintf(s.err, "%s\n\nUsage: rm [-irf] FILE...\n", e.busybox())
 		return 1
 	}
 	status := 0
@@ -449,6 +475,16 @@ func (e *env) test(s *stdio, args []string) int {
 }
 
 func (e *env) sha256sum(s *stdio, args []string) int {
+	return e.checksum(s, "sha256sum", args, func(f *file) []byte { return f.sum[:] })
+}
+
+func (e *env) md5sum(s *stdio, args []string) int {
+	return e.checksum(s, "md5sum", args, func(f *file) []byte { return f.md5[:] })
+}
+
+// checksum prints the digest of each file as busybox's sha256sum and md5sum
+// do.
+func (e *env) checksum(s *stdio, name string, args []string, digest func(*file) []byte) int {
 	status := 0
 	for _, a := range args {
 		p := cleanPath(a)
@@ -456,25 +492,101 @@ func (e *env) sha256sum(s *stdio, args []string) int {
 		var sum string
 		found := false
 		if b, ok := e.d.virtualLocked(p); ok {
-			f := newFileFromBytes(b)
-			sum, found = hex.EncodeToString(f.sum[:]), true
+			sum, found = hex.EncodeToString(digest(newFileFromBytes(b))), true
 		} else if f, ok := e.d.files[p]; ok {
-			sum, found = hex.EncodeToString(f.sum[:]), true
+			sum, found = hex.EncodeToString(digest(f)), true
 		}
 		isDir := e.d.isDirLocked(p)
 		e.d.mu.Unlock()
 		switch {
 		case isDir:
-			e.fprintf(s.err, "sha256sum: read error: Is a directory\n")
+			e.fprintf(s.err, "%s: read error: Is a directory\n", name)
 			status = 1
 		case !found:
-			e.fprintf(s.err, "sha256sum: can't open '%s': No such file or directory\n", a)
+			e.fprintf(s.err, "%s: can't open '%s': No such file or directory\n", name, a)
 			status = 1
 		default:
 			e.fprintf(s.out, "%s  %s\n", sum, a)
 		}
 	}
 	return status
+}
+
+// df [-k] [PATH...] prints the file systems holding each path (all of
+// them when none is given) in busybox's format.
+func (e *env) df(s *stdio, args []string) int {
+	e.d.mu.Lock()
+	type fs struct {
+		dev, mount       string
+		size, used, free int64
+	}
+	// A tmpfs reports its size limit, whatever the memory left.
+	tmp := fs{"tmpfs", "/tmp", e.d.tmpSizeLocked(), e.d.tmpUsageLocked(), e.d.tmpFreeLocked()}
+	all := []fs{{"/dev/root", "/", 64 << 20, 24 << 20, 40 << 20}, tmp}
+	switch e.d.cfg.RootFS {
+	case RootFSSquashfs:
+		all = []fs{{"/dev/root", "/rom", 8 << 20, 8 << 20, 0}, tmp,
+			{"/dev/mtdblock5", "/overlay", 6 << 20, 1 << 20, 5 << 20}, {"overlayfs:/overlay", "/", 6 << 20, 1 << 20, 5 << 20}}
+	case RootFSInitramfs:
+		all = []fs{tmp}
+	}
+	e.d.mu.Unlock()
+	var pick []fs
+	for _, a := range args {
+		if strings.HasPrefix(a, "-") {
+			continue
+		}
+		p := cleanPath(a)
+		best := -1
+		for i, f := range all {
+			if (p == f.mount || strings.HasPrefix(p, strings.TrimSuffix(f.mount, "/")+"/")) &&
+				(best < 0 || len(f.mount) >= len(all[best].mount)) {
+				best = i
+			}
+		}
+		if best >= 0 {
+			pick = append(pick, all[best])
+		}
+	}
+	if len(pick) == 0 {
+		pick = all
+	}
+	e.fprintf(s.out, "Filesystem           1K-blocks      Used Available Use%% Mounted on\n")
+	for _, f := range pick {
+		pct := int64(0)
+		if f.size > 0 {
+			pct = (f.used*100 + f.size - 1) / f.size
+		}
+		e.fprintf(s.out, "%-20s %9d %9d %9d %3d%% %s\n", f.dev, f.size/1024, f.used/1024, f.free/1024, pct, f.mount)
+	}
+	return 0
+}
+
+// free prints the memory summary in the format of the release's busybox:
+// "buffers" up to 1.28, "buff/cache" and "available" from 1.30 (19.07).
+func (e *env) free(s *stdio, _ []string) int {
+	e.d.mu.Lock()
+	kb := func(n int64) int64 { return n / 1024 }
+	avail := e.d.memAvailableLocked()
+	total := e.d.cfg.MemTotal
+	cached := min(avail/4, 8<<20)
+	buffers := min(avail/32, 1<<20)
+	freeMem := max(0, avail-cached-buffers)
+	shared := e.d.tmpUsageLocked()
+	newFormat := e.d.prof.atLeast("19.07")
+	e.d.mu.Unlock()
+	used := total - freeMem
+	if newFormat {
+		e.fprintf(s.out, "       %12s%12s%12s%12s%12s%12s\n", "total", "used", "free", "shared", "buff/cache", "available")
+		e.fprintf(s.out, "Mem:   %12d%12d%12d%12d%12d%12d\n", kb(total), kb(used-cached-buffers), kb(freeMem), kb(shared), kb(cached+buffers), kb(avail))
+		e.fprintf(s.out, "Swap:  %12d%12d%12d\n", 0, 0, 0)
+		return 0
+	}
+	e.fprintf(s.out, "     %13s%13s%13s%13s%13s\n", "total", "used", "free", "shared", "buffers")
+	e.fprintf(s.out, "Mem: %13d%13d%13d%13d%13d\n", kb(total), kb(used), kb(freeMem), kb(shared), kb(buffers))
+	e.fprintf(s.out, "-/+ buffers:      %13d%13d\n", kb(used-buffers), kb(freeMem+buffers))
+	e.fprintf(s.out, "Swap:%13d%13d%13d\n", 0, 0, 0)
+	return 0
 }
 
 func (e *env) uci(s *stdio, args []string) int {
@@ -609,43 +721,80 @@ func (e *env) uptime(s *stdio, _ []string) int {
 }
 
 func (e *env) ubus(s *stdio, args []string) int {
-	if len(args) < 3 || args[0] != "call" || args[1] != "system" || args[2] != "board" {
+	e.d.mu.Lock()
+	p := e.d.prof
+	e.d.mu.Unlock()
+	if len(args) < 3 || args[0] != "call" || args[1] != "system" || args[2] != "board" || !p.UbusBoard {
+		// Without procd (12.09) there is no "system" object at all.
 		e.fprintf(s.err, "Command failed: Not found\n")
 		return 4
 	}
-	e.d.mu.Lock()
-	rel := e.d.release
-	e.d.mu.Unlock()
-	f := strings.Fields(rel)
-	at := func(i int) string {
-		if i < len(f) {
-			return f[i]
-		}
-		return ""
-	}
-	board := map[string]any{
-		"kernel":      "5.10.176",
-		"hostname":    "OpenWrt",
-		"system":      "simulated",
-		"model":       e.d.cfg.Model,
-		"board_name":  e.d.cfg.BoardName,
-		"rootfs_type": "squashfs",
-		"release": map[string]string{
-			"distribution": at(0),
-			"version":      at(1),
-			"revision":     at(2),
-			"target":       e.d.cfg.Target,
-			"description":  rel,
-		},
-	}
-	b, _ := json.MarshalIndent(board, "", "\t")
-	_, _ = s.out.Write(append(b, '\n'))
+	_, _ = io.WriteString(s.out, e.boardJSON())
 	return 0
+}
+
+// boardJSON is procd's answer to "ubus call system board" as the ubus
+// client prints it: kernel, hostname, system, model, board_name (17.01 and
+// later), rootfs_type (22.03 and later) and release, read from
+// /etc/openwrt_release in the order of its lines.
+func (e *env) boardJSON() string {
+	e.d.mu.Lock()
+	defer e.d.mu.Unlock()
+	d := e.d
+	p := d.prof
+	q := func(v string) string {
+		var b bytes.Buffer
+		enc := json.NewEncoder(&b)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(v)
+		return strings.TrimSuffix(b.String(), "\n")
+	}
+	var b strings.Builder
+	kv := func(indent, k, v string, last bool) {
+		b.WriteString(indent + q(k) + ": " + q(v))
+		if !last {
+			b.WriteByte(',')
+		}
+		b.WriteByte('\n')
+	}
+	b.WriteString("{\n")
+	kv("\t", "kernel", p.Kernel, false)
+	kv("\t", "hostname", "OpenWrt", false)
+	kv("\t", "system", "MIPS 74Kc V5.0", false)
+	kv("\t", "model", d.cfg.Model, false)
+	if p.BoardName {
+		kv("\t", "board_name", d.cfg.BoardName, false)
+	}
+	if p.atLeast("22.03") {
+		rootfs := d.cfg.RootFS
+		if rootfs == RootFSInitramfs {
+			rootfs = "initramfs"
+		}
+		kv("\t", "rootfs_type", rootfs, false)
+	}
+	b.WriteString("\t\"release\": {\n")
+	var rel [][2]string
+	for _, line := range strings.Split(openwrtRelease(p, d.release, d.cfg.Target, d.cfg.Arch), "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		names := map[string]string{"DISTRIB_ID": "distribution", "DISTRIB_RELEASE": "version", "DISTRIB_REVISION": "revision",
+			"DISTRIB_CODENAME": "codename", "DISTRIB_TARGET": "target", "DISTRIB_DESCRIPTION": "description"}
+		if name := names[k]; name != "" {
+			rel = append(rel, [2]string{name, strings.Trim(v, `"'`)})
+		}
+	}
+	for i, kvp := range rel {
+		kv("\t\t", kvp[0], kvp[1], i == len(rel)-1)
+	}
+	b.WriteString("\t}\n}\n")
+	return b.String()
 }
 
 // reboot takes the device down and brings it back on the same firmware.
 func (e *env) reboot(_ *stdio, _ []string) int {
-	e.after = func() { e.d.goDown(nil, true) }
+	e.after = func() { e.d.goDown(nil, true, nil) }
 	return 0
 }
 
@@ -670,10 +819,7 @@ func (e *env) sleep(s *stdio, args []string) int {
 }
 
 func (e *env) lookPath(name string) (string, bool) {
-	if name == "scp" && !e.d.cfg.SCP {
-		return "", false
-	}
-	if builtins[name] == nil {
+	if !e.exists(name) {
 		return "", false
 	}
 	switch name {
@@ -757,10 +903,19 @@ func (d *Device) listLocked(p string) []string {
 		add(dir)
 	}
 	for dir := range builtinDirs {
-		add(dir)
+		if d.isDirLocked(dir) {
+			add(dir)
+		}
 	}
-	for _, v := range []string{"/etc/openwrt_release", "/proc/meminfo", "/tmp/sysinfo/model", "/tmp/sysinfo/board_name", "/proc/uptime"} {
-		add(v)
+	for _, v := range []string{"/etc/openwrt_release", "/etc/board.json", "/proc/meminfo", "/proc/cpuinfo", "/tmp/sysinfo/model", "/tmp/sysinfo/board_name", "/proc/uptime"} {
+		if d.existsLocked(v) {
+			add(v)
+		}
+	}
+	for dir := range overlayDirs {
+		if d.isDirLocked(dir) {
+			add(dir)
+		}
 	}
 	if !d.opkgGone {
 		add("/tmp/opkg-lists")

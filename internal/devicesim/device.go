@@ -32,7 +32,35 @@ const (
 	DefaultDropCachesMemory = 1 << 20
 	DefaultLowMemory        = 1 << 20
 	DefaultRebootDelay      = 2 * time.Second
+	// DefaultCompatVersion is the compat_version of a device whose
+	// Config.CompatVersion is "" (21.02 and later; older releases have none).
+	DefaultCompatVersion = "1.0"
 )
+
+// Root file systems, for Config.RootFS.
+const (
+	// RootFSSquashfs is a squashfs root with a jffs2/ubifs overlay: /rom and
+	// /overlay/upper/etc exist. The default.
+	RootFSSquashfs = "squashfs"
+	// RootFSExt4 is a writable ext4 root (x86 combined-ext4 images): no
+	// overlay and no /rom, so "sysupgrade -c" and "-u" are refused (18.06
+	// and 19.07 on).
+	RootFSExt4 = "ext4"
+	// RootFSInitramfs is a system running from RAM: no overlay, no /rom, and
+	// the configuration cannot be saved.
+	RootFSInitramfs = "initramfs"
+)
+
+// DefaultBackupFiles are the files a fresh device saves across a flash
+// (sysupgrade -l), besides those of Config.Files under /etc.
+var DefaultBackupFiles = []string{
+	"/etc/config/dhcp", "/etc/config/dropbear", "/etc/config/firewall", "/etc/config/luci",
+	"/etc/config/network", "/etc/config/openwisp", "/etc/config/rpcd", "/etc/config/system",
+	"/etc/config/ucitrack", "/etc/config/uhttpd", "/etc/config/wireless",
+	"/etc/dropbear/dropbear_ed25519_host_key", "/etc/dropbear/dropbear_rsa_host_key",
+	"/etc/group", "/etc/hosts", "/etc/inittab", "/etc/passwd", "/etc/profile", "/etc/rc.local",
+	"/etc/shadow", "/etc/shells", "/etc/shinit", "/etc/sysctl.conf", "/etc/sysupgrade.conf",
+}
 
 // DefaultServices are the init.d services of a device whose Config.Services
 // is nil. All of them run at boot.
@@ -60,6 +88,11 @@ var (
 
 // Config describes a simulated device. The zero value is a valid TP-Link
 // Archer C7 v2 on OpenWrt 22.03.5 with user "root", password DefaultPassword.
+//
+// The device behaves as the release it runs: its Profile is chosen from
+// Release (ProfileFor), and after a flash from the release of the image.
+// Use ReleaseDescription to get a real description for a series, e.g.
+// Config{Release: ReleaseDescription("17.01")}.
 type Config struct {
 	// Model is the content of /tmp/sysinfo/model. Defaults to DefaultModel.
 	Model string
@@ -71,8 +104,10 @@ type Config struct {
 	UUID string
 	// UCI holds more uci options, keyed "config.section.option".
 	UCI map[string]string
-	// Release is DISTRIB_DESCRIPTION, e.g. "OpenWrt 22.03.5 r20134-5f15225c1e";
-	// /etc/openwrt_release is generated from it. Defaults to DefaultRelease.
+	// Release is DISTRIB_DESCRIPTION, e.g. "OpenWrt 22.03.5 r20134-5f15225c1e"
+	// or "LEDE Reboot 17.01.7 r4030-6028f00df0"; /etc/openwrt_release is
+	// generated from it in the format of its release, and it chooses the
+	// device's Profile. Defaults to DefaultRelease.
 	Release string
 	// Target is DISTRIB_TARGET. Defaults to DefaultTarget.
 	Target string
@@ -84,8 +119,28 @@ type Config struct {
 	// memory is freed or used by files in /tmp. Defaults to DefaultMemAvailable.
 	MemAvailable int64
 	// NoMemAvailable simulates an old kernel: /proc/meminfo has MemFree,
-	// Buffers and Cached but no MemAvailable line.
+	// Buffers and Cached but no MemAvailable line. Releases before 15.05
+	// never have it (Profile.MemAvailable).
 	NoMemAvailable bool
+	// CompatVersion is the device's compat_version: system.compat_version
+	// of /etc/board.json, which the first boot copies to the uci option
+	// system.@system[0].compat_version that sysupgrade compares with the
+	// image's (21.02 and later). Defaults to DefaultCompatVersion. After a
+	// flash without -n the uci option keeps its value; after one with -n it
+	// takes the image's.
+	CompatVersion string
+	// RootFS is the root file system: RootFSSquashfs (the default),
+	// RootFSExt4 or RootFSInitramfs.
+	RootFS string
+	// BackupFiles, when larger than the number of files the device saves
+	// across a flash (DefaultBackupFiles plus Config.Files under /etc), adds
+	// generated files up to that number. "sysupgrade -v" lists every saved
+	// file, one a line, before flashing: 3,000 files make more than 64 KiB.
+	BackupFiles int
+	// RequireImageMetadata makes sysupgrade refuse images without fwtool
+	// metadata, as targets that set REQUIRE_IMAGE_METADATA=1 do (17.01 and
+	// later).
+	RequireImageMetadata bool
 	// ServiceMemory is the memory, in bytes, each stopped service frees.
 	// Defaults to DefaultServiceMemory.
 	ServiceMemory int64
@@ -152,12 +207,14 @@ type Faults struct {
 	// FlashHang makes the sysupgrade session send nothing for this long
 	// before the flash proceeds.
 	FlashHang time.Duration
-	// FlashFalseError makes sysupgrade print OpenWrt >= 21.02's false
-	// "Command failed: ubus call system sysupgrade ... (Connection failed)"
-	// and exit 1; the device then reboots on the new image anyway.
+	// FlashFalseError makes a release before 22.03 end its flash as 22.03
+	// and later always do (Profile.Flash is FlashUbusError): sysupgrade
+	// prints "Command failed: ubus call system sysupgrade {...} (Connection
+	// failed)" on stderr and exits 246, and the device reboots on the new
+	// image. On 22.03 and later it changes nothing.
 	FlashFalseError bool
-	// FalseErrorProvisioning prints the OpenWrt 25.12 form of the false
-	// error, whose options carry "add_provisioning".
+	// FalseErrorProvisioning adds the "add_provisioning" option of 25.12 to
+	// the ubus message on any release.
 	FalseErrorProvisioning bool
 	// FlashError makes sysupgrade fail for real: a message, exit 1, no reboot.
 	FlashError bool
@@ -167,19 +224,38 @@ type Faults struct {
 	// ComeBackOnNewAddress makes the device listen on a new port after each
 	// reboot (Addr returns the new one).
 	ComeBackOnNewAddress bool
+	// ProcdRefusal makes procd refuse "ubus call system sysupgrade" (18.06
+	// and later): on 22.03 and later the ubus client prints "Command failed:
+	// ubus call system sysupgrade {...} (Not supported)" and sysupgrade exits
+	// 248 (before: "Command failed: Not supported", exit 8). Nothing is
+	// flashed, no service is stopped and the device stays up.
+	ProcdRefusal bool
+	// SilentReboot makes the address silent while the device reboots:
+	// connection attempts time out (the SYNs get no answer) instead of
+	// being refused, as on a real network. A connect that is still waiting
+	// when the device comes back succeeds at its next SYN retransmission.
+	// (On Linux. Elsewhere the TCP connection is accepted but the SSH
+	// handshake never starts.)
+	SilentReboot bool
+	// NewHostKeysAfterReset gives the device a new host key after each flash
+	// with -n, as dropbear generates one when /etc/dropbear is not kept.
+	NewHostKeysAfterReset bool
 }
 
 // Flash records one sysupgrade that reached the point of no return.
 type Flash struct {
 	// Args are sysupgrade's arguments, options and path.
 	Args []string
-	// Path is the image path on the device.
+	// Path is the image path given to sysupgrade, cleaned. (From 18.06,
+	// sysupgrade first copies an image outside /tmp to /tmp/sysupgrade.img
+	// and flashes that.)
 	Path string
 	// KeepConfig is false when -n was given.
 	KeepConfig bool
 	// Force is true when -F was given.
 	Force bool
-	// Release is the release read from the image header ("" if unreadable).
+	// Release is the release read from the image header, or else from its
+	// fwtool metadata ("" if neither is readable).
 	Release string
 	// SHA256 is the hex digest of the flashed file.
 	SHA256 string
@@ -206,8 +282,11 @@ type Device struct {
 	faults  Faults
 	refused int
 	dropped bool
+	silent  *silentListener // listening on addr, accepting nothing, while down
 
 	// operating system state
+	prof       Profile // the profile of release
+	compat     string  // system.compat_version of /etc/board.json
 	bootID     string
 	bootTime   time.Time
 	release    string
@@ -227,6 +306,7 @@ type Device struct {
 
 type pendingBoot struct {
 	release    string
+	compat     string // the image's compat_version, or ""
 	keepConfig bool
 }
 
@@ -281,6 +361,12 @@ func New(cfg Config) (*Device, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
+	if cfg.CompatVersion == "" {
+		cfg.CompatVersion = DefaultCompatVersion
+	}
+	if cfg.RootFS == "" {
+		cfg.RootFS = RootFSSquashfs
+	}
 	switch {
 	case cfg.MemTotal < 0 || cfg.MemAvailable < 0 || cfg.ServiceMemory < 0 ||
 		cfg.OpkgListsMemory < 0 || cfg.DropCachesMemory < 0:
@@ -289,8 +375,12 @@ func New(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("%w: MemAvailable %d > MemTotal %d", ErrInvalidConfig, cfg.MemAvailable, cfg.MemTotal)
 	case cfg.RebootDelay < 0:
 		return nil, fmt.Errorf("%w: negative RebootDelay", ErrInvalidConfig)
-	case strings.ContainsAny(cfg.Model+cfg.BoardName+cfg.Release, "\n\x00'"):
-		return nil, fmt.Errorf("%w: Model, BoardName and Release must not contain newlines or quotes", ErrInvalidConfig)
+	case strings.ContainsAny(cfg.Model+cfg.BoardName+cfg.Release+cfg.CompatVersion, "\n\x00'\""):
+		return nil, fmt.Errorf("%w: Model, BoardName, Release and CompatVersion must not contain newlines or quotes", ErrInvalidConfig)
+	case cfg.RootFS != RootFSSquashfs && cfg.RootFS != RootFSExt4 && cfg.RootFS != RootFSInitramfs:
+		return nil, fmt.Errorf("%w: unknown RootFS %q", ErrInvalidConfig, cfg.RootFS)
+	case cfg.BackupFiles < 0:
+		return nil, fmt.Errorf("%w: negative BackupFiles", ErrInvalidConfig)
 	}
 	for _, s := range cfg.Services {
 		if s == "" || strings.ContainsAny(s, "/ \n\x00") {
@@ -307,12 +397,9 @@ func New(cfg Config) (*Device, error) {
 	}
 	signer := cfg.HostKey
 	if signer == nil {
-		_, priv, err := ed25519.GenerateKey(rand.Reader)
-		if err != nil {
-			return nil, fmt.Errorf("devicesim: generate host key: %w", err)
-		}
-		if signer, err = ssh.NewSignerFromKey(priv); err != nil {
-			return nil, fmt.Errorf("devicesim: host key: %w", err)
+		var err error
+		if signer, err = newHostKey(); err != nil {
+			return nil, err
 		}
 	}
 	d := &Device{
@@ -321,8 +408,9 @@ func New(cfg Config) (*Device, error) {
 		done:    make(chan struct{}),
 		changed: make(chan struct{}),
 		faults:  cfg.Faults,
-		release: cfg.Release,
+		compat:  cfg.CompatVersion,
 	}
+	d.setReleaseLocked(cfg.Release)
 	d.sshCfg = d.serverConfig()
 	return d, nil
 }
@@ -393,6 +481,10 @@ func (d *Device) Close() error {
 	ln, conns := d.ln, d.takeConnsLocked()
 	d.ln = nil
 	d.up = false
+	if d.silent != nil {
+		d.silent.Close()
+		d.silent = nil
+	}
 	d.notifyLocked()
 	d.mu.Unlock()
 	if ln != nil {
@@ -412,11 +504,17 @@ func (d *Device) Addr() string {
 	return d.addr
 }
 
-// HostKey returns the device's public host key.
-func (d *Device) HostKey() ssh.PublicKey { return d.signer.PublicKey() }
+// HostKey returns the device's current public host key. It changes after a
+// flash with -n when Faults.NewHostKeysAfterReset is set.
+func (d *Device) HostKey() ssh.PublicKey { return d.Signer().PublicKey() }
 
-// Signer returns the device's host key signer, to share it with other devices.
-func (d *Device) Signer() ssh.Signer { return d.signer }
+// Signer returns the device's current host key signer, to share it with
+// other devices.
+func (d *Device) Signer() ssh.Signer {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.signer
+}
 
 // KnownHosts returns a known_hosts line for the current address and host key,
 // in the "[127.0.0.1]:port" form, ending with a newline.
@@ -425,7 +523,7 @@ func (d *Device) KnownHosts() []byte {
 }
 
 // HostKeyCallback returns an ssh.HostKeyCallback that accepts only this
-// device's host key.
+// device's current host key.
 func (d *Device) HostKeyCallback() ssh.HostKeyCallback { return ssh.FixedHostKey(d.HostKey()) }
 
 // ClientConfig returns an ssh.ClientConfig that logs in with Config.User and
@@ -528,6 +626,59 @@ func (d *Device) Release() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.release
+}
+
+// Profile returns the profile of the running release.
+func (d *Device) Profile() Profile {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	p := d.prof
+	p.Options = slices.Clone(p.Options)
+	return p
+}
+
+// CompatVersion returns the compat_version sysupgrade compares images with:
+// the uci option system.@system[0].compat_version, or "1.0" when it is not
+// set (releases before 21.02 have none).
+func (d *Device) CompatVersion() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.deviceCompatLocked()
+}
+
+func (d *Device) deviceCompatLocked() string {
+	if v := d.uci[compatOption]; v != "" {
+		return v
+	}
+	return DefaultCompatVersion
+}
+
+// compatOption is the uci option sysupgrade reads the device's
+// compat_version from.
+const compatOption = "system.@system[0].compat_version"
+
+// setReleaseLocked makes rel the running release and its profile the
+// device's.
+func (d *Device) setReleaseLocked(rel string) {
+	d.release = rel
+	d.prof = ProfileFor(rel)
+}
+
+// SysInfo reports whether /tmp/sysinfo exists: from 14.07 on, and on 12.09
+// only on the ar71xx, mcs814x and mpc83xx targets (whose board detection
+// writes it).
+func (d *Device) SysInfo() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.sysInfoLocked()
+}
+
+func (d *Device) sysInfoLocked() bool {
+	if d.prof.SysInfo {
+		return true
+	}
+	board, _, _ := strings.Cut(d.cfg.Target, "/")
+	return board == "ar71xx" || board == "mcs814x" || board == "mpc83xx"
 }
 
 // Flashed returns how many sysupgrades reached the point of no return.
@@ -638,7 +789,7 @@ func (d *Device) resetPersistentLocked(initial bool) {
 			d.mkdirLocked(dir)
 		}
 	}
-	d.uci = make(map[string]string, len(d.cfg.UCI)+1)
+	d.uci = make(map[string]string, len(d.cfg.UCI)+2)
 	for k, v := range d.cfg.UCI {
 		if !initial && strings.HasPrefix(k, "openwisp.") {
 			continue
@@ -648,27 +799,42 @@ func (d *Device) resetPersistentLocked(initial bool) {
 	if initial && d.cfg.UUID != "" {
 		d.uci["openwisp.http.uuid"] = d.cfg.UUID
 	}
+	// config_generate copies board.json's compat_version into the fresh
+	// system configuration (21.02 and later).
+	if _, set := d.uci[compatOption]; !set && d.prof.Compat {
+		d.uci[compatOption] = d.compat
+	}
 }
 
 // goDown takes the device down for a reboot: the listener and every
 // connection are closed, and the device comes back after RebootDelay
 // unless comeBack is false.
-func (d *Device) goDown(p *pendingBoot, comeBack bool) {
+//
+// keep, when not nil, is a connection left open: the one whose session
+// still has to report how sysupgrade ended (22.03 and later). The caller
+// kills it; at the latest, the device kills it when it comes back.
+func (d *Device) goDown(p *pendingBoot, comeBack bool, keep *sconn) {
 	d.mu.Lock()
 	if d.closed || !d.up {
 		d.mu.Unlock()
 		return
 	}
 	ln, conns := d.ln, d.takeConnsLocked()
+	conns = slices.DeleteFunc(conns, func(c *sconn) bool { return c == keep })
 	d.ln = nil
 	d.up = false
 	d.pending = p
 	d.notifyLocked()
+	ln.Close()
+	if d.faults.SilentReboot {
+		if s, err := listenSilent(d.addr); err == nil {
+			d.silent = s
+		}
+	}
 	if comeBack {
 		d.scheduleUpLocked(d.cfg.RebootDelay)
 	}
 	d.mu.Unlock()
-	ln.Close()
 	for _, c := range conns {
 		c.kill()
 	}
@@ -702,6 +868,14 @@ func (d *Device) comeUp() {
 		host, _, _ := net.SplitHostPort(addr)
 		addr = net.JoinHostPort(host, "0")
 	}
+	if d.silent != nil {
+		d.silent.Close()
+		d.silent = nil
+	}
+	// A connection of the last boot still open (see goDown) ends now.
+	for c := range d.conns {
+		c.kill()
+	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		// The port is still busy: try again shortly, as a slow boot would.
@@ -710,10 +884,19 @@ func (d *Device) comeUp() {
 	}
 	if p := d.pending; p != nil {
 		if p.release != "" {
-			d.release = p.release
+			d.setReleaseLocked(p.release)
+		}
+		if p.compat != "" {
+			d.compat = p.compat
 		}
 		if !p.keepConfig {
 			d.resetPersistentLocked(false)
+			if d.faults.NewHostKeysAfterReset {
+				if signer, err := newHostKey(); err == nil {
+					d.signer = signer
+					d.sshCfg = d.serverConfig()
+				}
+			}
 		}
 	}
 	d.pending = nil
@@ -731,6 +914,19 @@ func (d *Device) comeUp() {
 	d.bootLocked()
 	d.reboots++
 	d.serveLocked(ln)
+}
+
+// newHostKey generates an ed25519 host key.
+func newHostKey() (ssh.Signer, error) {
+	_, priv, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("devicesim: generate host key: %w", err)
+	}
+	signer, err := ssh.NewSignerFromKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("devicesim: host key: %w", err)
+	}
+	return signer, nil
 }
 
 func newBootID() string {

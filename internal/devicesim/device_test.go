@@ -23,6 +23,9 @@ func TestNewValidates(t *testing.T) {
 		"bad service":      {Services: []string{"a b"}},
 		"bad addr":         {Addr: "nope"},
 		"quote in model":   {Model: "it's"},
+		"bad root fs":      {RootFS: "zfs"},
+		"negative backups": {BackupFiles: -1},
+		"quote in compat":  {CompatVersion: `1"0`},
 	} {
 		_, err := New(cfg)
 		require.ErrorIs(t, err, ErrInvalidConfig, name)
@@ -130,9 +133,10 @@ func TestCommands(t *testing.T) {
 		{cmd: "true && echo yes || echo no", stdout: "yes\n"},
 		{cmd: "false && echo yes || echo no", stdout: "no\n"},
 		{cmd: "false; echo after", stdout: "after\n"},
-		{cmd: "nosuchcmd arg", stderr: "sh: nosuchcmd: not found\n", status: 127},
-		{cmd: "/usr/bin/nosuch", stderr: "sh: /usr/bin/nosuch: not found\n", status: 127},
-		{cmd: "scp -t /tmp", stderr: "sh: scp: not found\n", status: 127},
+		{cmd: "nosuchcmd arg", stderr: "ash: nosuchcmd: not found\n", status: 127},
+		{cmd: "/usr/bin/nosuch", stderr: "ash: /usr/bin/nosuch: not found\n", status: 127},
+		{cmd: "scp -t /tmp", stderr: "ash: scp: not found\n", status: 127},
+		{cmd: "timeout 5 true", stderr: "ash: timeout: not found\n", status: 127},
 		{cmd: "cat /nope 2>/dev/null", status: 1},
 		{cmd: "cat /nope 2>&1", stdout: "cat: can't open '/nope': No such file or directory\n", status: 1},
 		{cmd: "test -f /etc/openwrt_release", status: 0},
@@ -148,7 +152,7 @@ func TestCommands(t *testing.T) {
 		{cmd: "&& echo x", stderr: "sh: syntax error\n", status: 2},
 		{cmd: "command -v sysupgrade", stdout: "/sbin/sysupgrade\n"},
 		{cmd: "command -v scp", status: 127},
-		{cmd: "sysupgrade", stdoutPart: "", status: 1},
+		{cmd: "sysupgrade", stdoutPart: "Usage: /sbin/sysupgrade [<upgrade-option>...] <image file or URL>\n", status: 1},
 		{cmd: "sysupgrade -x /tmp/a", stderr: "Invalid option: -x\n", status: 1},
 	} {
 		r := run(t, c, tc.cmd, nil)

@@ -2,6 +2,8 @@ package devicesim
 
 import (
 	"context"
+	"errors"
+	"net"
 	"testing"
 	"time"
 
@@ -90,6 +92,7 @@ func TestFaultNeverComeBack(t *testing.T) {
 	d := setup(t, Config{RebootDelay: 50 * time.Millisecond, Faults: Faults{NeverComeBack: true}})
 	addr := d.Addr()
 	flash(t, d, "")
+	require.NoError(t, d.WaitDown(waitCtx(t)))
 	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
 	defer cancel()
 	require.ErrorIs(t, d.WaitUp(ctx), context.DeadlineExceeded)
@@ -112,7 +115,7 @@ func TestFaultNoReboot(t *testing.T) {
 	d := setup(t, Config{Faults: Faults{NoReboot: true}})
 	boot := d.BootID()
 	r := flash(t, d, "-v")
-	require.Contains(t, r.stdout, "Commencing upgrade")
+	require.Contains(t, r.stderr, " upgrade: Commencing upgrade")
 	var missing *ssh.ExitMissingError
 	require.ErrorAs(t, r.err, &missing)
 	time.Sleep(200 * time.Millisecond)
@@ -145,9 +148,9 @@ func TestFaultFlashFalseError(t *testing.T) {
 	t.Parallel()
 	for _, prov := range []bool{false, true} {
 		d := setup(t, Config{Faults: Faults{FlashFalseError: true, FalseErrorProvisioning: prov}})
-		r := flash(t, d, "-v")
+		r := flash(t, d, "-q")
 		require.NoError(t, r.err)
-		require.Equal(t, 1, r.status)
+		require.Equal(t, ExitUbusConnectionFailed, r.status)
 		want := `Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1 } } (Connection failed)` + "\n"
 		if prov {
 			want = `Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1, "add_provisioning": 0 } } (Connection failed)` + "\n"
@@ -210,4 +213,89 @@ func TestTmpIsLimitedByMemory(t *testing.T) {
 	for _, m := range uploadMethods {
 		require.NoError(t, m.upload(dial(t, d), "/tmp/fw.bin", im), m.name)
 	}
+}
+
+func TestFaultProcdRefusal(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		rel            string
+		status         int
+		stdout, stderr string
+	}{
+		{"22.03", ExitUbusNotSupported, "{\n\t\"error\": {\n\t\t\"message\": \"Firmware image is invalid\"\n\t}\n}\n",
+			`Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1 } } (Not supported)` + "\n"},
+		{"25.12", ExitUbusNotSupported, "{\n\t\"error\": {\n\t\t\"message\": \"Firmware image is invalid\"\n\t}\n}\n",
+			`Command failed: ubus call system sysupgrade { "prefix": "\/tmp\/root", "path": "\/tmp\/fw.bin", "backup": "\/tmp\/sysupgrade.tgz", "command": "\/lib\/upgrade\/do_stage2", "options": { "save_partitions": 1, "add_provisioning": 0 } } (Not supported)` + "\n"},
+		{"19.07", 8, "", "Command failed: Not supported\n"},
+	} {
+		t.Run(tc.rel, func(t *testing.T) {
+			t.Parallel()
+			d := relDevice(t, tc.rel, Config{Faults: Faults{ProcdRefusal: true}})
+			boot := d.BootID()
+			c := uploadImage(t, d, goodImage, "/tmp/fw.bin")
+			r := run(t, c, "sysupgrade -q /tmp/fw.bin", nil)
+			require.Equal(t, result{stdout: tc.stdout, stderr: tc.stderr, status: tc.status}, r)
+			require.Zero(t, d.Flashed(), "nothing is flashed")
+			time.Sleep(100 * time.Millisecond)
+			require.True(t, d.Up())
+			require.Equal(t, boot, d.BootID())
+			for s, up := range d.Services() {
+				require.True(t, up, s)
+			}
+		})
+	}
+	t.Run("17.01 has no procd handover", func(t *testing.T) {
+		t.Parallel()
+		d := relDevice(t, "17.01", Config{Faults: Faults{ProcdRefusal: true}})
+		flash(t, d, "")
+		require.NoError(t, d.WaitReboots(waitCtx(t), 1))
+		require.Equal(t, 1, d.Flashed())
+	})
+}
+
+func TestFaultSilentReboot(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{RebootDelay: 700 * time.Millisecond, Faults: Faults{SilentReboot: true}})
+	addr := d.Addr()
+	flash(t, d, "")
+	require.NoError(t, d.WaitDown(waitCtx(t)))
+	start := time.Now()
+	_, err := net.DialTimeout("tcp", addr, 300*time.Millisecond)
+	var ne net.Error
+	require.ErrorAs(t, err, &ne)
+	require.True(t, ne.Timeout(), "a timeout, not a refusal: %v", err)
+	require.GreaterOrEqual(t, time.Since(start), 250*time.Millisecond)
+	// A connect that waits through the reboot gets in once the device is up.
+	c, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	require.NoError(t, err)
+	c.Close()
+	require.True(t, d.Up())
+	sh(t, d, "true")
+
+	// Without the fault the address refuses at once.
+	d2 := setup(t, Config{RebootDelay: time.Second})
+	addr2 := d2.Addr()
+	flash(t, d2, "")
+	require.NoError(t, d2.WaitDown(waitCtx(t)))
+	_, err = net.DialTimeout("tcp", addr2, 300*time.Millisecond)
+	require.Error(t, err)
+	require.False(t, errors.As(err, &ne) && ne.Timeout(), "refused: %v", err)
+}
+
+func TestFaultNewHostKeysAfterReset(t *testing.T) {
+	t.Parallel()
+	d := setup(t, Config{Faults: Faults{NewHostKeysAfterReset: true}})
+	key := d.HostKey()
+	oldCB := d.HostKeyCallback()
+	flash(t, d, "")
+	require.NoError(t, d.WaitReboots(waitCtx(t), 1))
+	require.Equal(t, key.Marshal(), d.HostKey().Marshal(), "the configuration, keys included, was kept")
+	flash(t, d, "-n")
+	require.NoError(t, d.WaitReboots(waitCtx(t), 2))
+	require.NotEqual(t, key.Marshal(), d.HostKey().Marshal(), "dropbear made new keys")
+	cfg := d.ClientConfig()
+	cfg.HostKeyCallback = oldCB
+	_, err := dialErr(d, cfg)
+	require.Error(t, err, "the old key no longer matches")
+	sh(t, d, "true")
 }

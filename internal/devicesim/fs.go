@@ -1,8 +1,10 @@
 package devicesim
 
 import (
+	"crypto/md5"
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"hash"
@@ -29,17 +31,23 @@ var errNoSpace = errors.New("No space left on device")
 
 // file is one regular file of the in-memory store.
 type file struct {
-	size  int64
-	sum   [sha256.Size]byte
-	head  []byte // the first headSize bytes
-	data  []byte // whole content, when full
-	full  bool
-	mtime time.Time
+	size    int64
+	sum     [sha256.Size]byte
+	md5     [md5.Size]byte
+	head    []byte // the first headSize bytes
+	tail    []byte // the last tailSize bytes
+	tailCRC uint32 // CRC-32 (IEEE) of the bytes before tail
+	data    []byte // whole content, when full
+	full    bool
+	mtime   time.Time
 }
 
 func newFileFromBytes(b []byte) *file {
-	f := &file{size: int64(len(b)), sum: sha256.Sum256(b), mtime: time.Now()}
+	f := &file{size: int64(len(b)), sum: sha256.Sum256(b), md5: md5.Sum(b), mtime: time.Now()}
 	f.head = append([]byte(nil), b[:min(len(b), headSize)]...)
+	var t tailWriter
+	_, _ = t.Write(b)
+	f.tail, f.tailCRC = t.tail, t.crc
 	if len(b) < smallFileSize {
 		f.data = append([]byte(nil), b...)
 		f.full = true
@@ -55,6 +63,8 @@ type FileInfo struct {
 	Size int64
 	// SHA256 is the hex digest of the content.
 	SHA256 string
+	// MD5 is the hex MD5 digest of the content.
+	MD5 string
 	// Head is the first 4 KiB of the content.
 	Head []byte
 	// Content is the whole content for files smaller than 64 KiB, else nil.
@@ -91,7 +101,7 @@ func (d *Device) Files() []string {
 }
 
 func (f *file) info(p string) FileInfo {
-	fi := FileInfo{Path: p, Size: f.size, SHA256: hex.EncodeToString(f.sum[:]), Head: append([]byte(nil), f.head...)}
+	fi := FileInfo{Path: p, Size: f.size, SHA256: hex.EncodeToString(f.sum[:]), MD5: hex.EncodeToString(f.md5[:]), Head: append([]byte(nil), f.head...)}
 	if f.full {
 		fi.Content = append([]byte(nil), f.data...)
 	}
@@ -121,12 +131,18 @@ var builtinDirs = map[string]bool{
 	"/etc": true, "/etc/init.d": true, "/etc/config": true, "/etc/openwisp": true,
 	"/tmp": true, "/tmp/sysinfo": true, "/proc": true, "/proc/sys": true, "/proc/sys/vm": true,
 	"/proc/sys/kernel": true, "/proc/sys/kernel/random": true, "/root": true, "/dev": true,
-	"/lib": true, "/lib/upgrade": true, "/overlay": true, "/rom": true, "/var": true,
+	"/lib": true, "/lib/upgrade": true, "/var": true,
 }
+
+// overlayDirs exist on a squashfs root only.
+var overlayDirs = map[string]bool{"/overlay": true, "/overlay/upper": true, "/overlay/upper/etc": true, "/rom": true}
 
 func (d *Device) isDirLocked(p string) bool {
 	if builtinDirs[p] || d.dirs[p] {
-		return true
+		return p != "/tmp/sysinfo" || d.sysInfoLocked()
+	}
+	if overlayDirs[p] {
+		return d.cfg.RootFS == RootFSSquashfs
 	}
 	if p == "/tmp/opkg-lists" {
 		return !d.opkgGone
@@ -135,7 +151,7 @@ func (d *Device) isDirLocked(p string) bool {
 }
 
 func (d *Device) mkdirLocked(p string) {
-	if builtinDirs[p] {
+	if builtinDirs[p] || (overlayDirs[p] && d.cfg.RootFS == RootFSSquashfs) {
 		return
 	}
 	if d.dirs == nil {
@@ -176,15 +192,28 @@ func (d *Device) virtualLocked(p string) ([]byte, bool) {
 		if _, ok := d.files[p]; ok {
 			return nil, false
 		}
-		return []byte(openwrtRelease(d.release, d.cfg.Target, d.cfg.Arch)), true
+		return []byte(openwrtRelease(d.prof, d.release, d.cfg.Target, d.cfg.Arch)), true
 	case "/proc/meminfo":
 		return []byte(d.meminfoLocked()), true
+	case "/proc/cpuinfo":
+		return []byte(d.cpuinfoLocked()), true
 	case "/proc/sys/kernel/random/boot_id":
 		return []byte(d.bootID + "\n"), true
 	case "/tmp/sysinfo/model":
+		if !d.sysInfoLocked() {
+			return nil, false
+		}
 		return []byte(d.cfg.Model + "\n"), true
 	case "/tmp/sysinfo/board_name":
+		if !d.sysInfoLocked() {
+			return nil, false
+		}
 		return []byte(d.cfg.BoardName + "\n"), true
+	case "/etc/board.json":
+		if _, ok := d.files[p]; ok || !d.prof.atLeast("15.05") {
+			return nil, false
+		}
+		return []byte(d.boardJSONLocked()), true
 	case "/proc/sys/vm/drop_caches":
 		return []byte("0\n"), true
 	case "/proc/uptime":
@@ -208,16 +237,24 @@ func (d *Device) hasService(name string) bool {
 	return false
 }
 
-func openwrtRelease(desc, target, arch string) string {
-	f := strings.Fields(desc)
-	field := func(i string, n int) string {
-		if n < len(f) {
-			return f[n]
-		}
-		return i
+// boardJSONLocked renders /etc/board.json: the model and, from 21.02, the
+// board's compat_version.
+func (d *Device) boardJSONLocked() string {
+	q := func(s string) string { b, _ := json.Marshal(s); return string(b) }
+	var b strings.Builder
+	fmt.Fprintf(&b, "{\n\t\"model\": {\n\t\t\"id\": %s,\n\t\t\"name\": %s\n\t}", q(d.cfg.BoardName), q(d.cfg.Model))
+	if d.prof.Compat {
+		fmt.Fprintf(&b, ",\n\t\"system\": {\n\t\t\"compat_version\": %s\n\t}", q(d.compat))
 	}
-	return fmt.Sprintf("DISTRIB_ID='%s'\nDISTRIB_RELEASE='%s'\nDISTRIB_REVISION='%s'\nDISTRIB_TARGET='%s'\nDISTRIB_ARCH='%s'\nDISTRIB_DESCRIPTION='%s'\nDISTRIB_TAINTS=''\n",
-		field("OpenWrt", 0), field("", 1), field("", 2), target, arch, desc)
+	b.WriteString("\n}\n")
+	return b.String()
+}
+
+// cpuinfoLocked renders /proc/cpuinfo of a MIPS router: on 12.09 without
+// /tmp/sysinfo, the "machine" line is where the model is found.
+func (d *Device) cpuinfoLocked() string {
+	return fmt.Sprintf("system type\t\t: %s\nmachine\t\t\t: %s\nprocessor\t\t: 0\ncpu model\t\t: MIPS 74Kc V5.0\nBogoMIPS\t\t: 358.80\n\n",
+		d.cfg.Target, d.cfg.Model)
 }
 
 // memAvailableLocked computes MemAvailable from what was freed and what
@@ -242,6 +279,12 @@ func (d *Device) memAvailableLocked() int64 {
 	avail -= d.tmpUsageLocked()
 	return max(0, min(avail, d.cfg.MemTotal))
 }
+
+// tmpSizeLocked is the size of the /tmp tmpfs: half the RAM.
+func (d *Device) tmpSizeLocked() int64 { return d.cfg.MemTotal / 2 }
+
+// tmpFreeLocked is what /tmp can still take, as df reports it.
+func (d *Device) tmpFreeLocked() int64 { return max(0, d.tmpSizeLocked()-d.tmpUsageLocked()) }
 
 func (d *Device) tmpUsageLocked() int64 {
 	var n int64
@@ -278,7 +321,7 @@ func (d *Device) meminfoLocked() string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "MemTotal:       %8d kB\n", kb(d.cfg.MemTotal))
 	fmt.Fprintf(&b, "MemFree:        %8d kB\n", kb(free))
-	if !d.cfg.NoMemAvailable {
+	if !d.cfg.NoMemAvailable && d.prof.MemAvailable {
 		fmt.Fprintf(&b, "MemAvailable:   %8d kB\n", kb(avail))
 	}
 	fmt.Fprintf(&b, "Buffers:        %8d kB\n", kb(buffers))
@@ -332,6 +375,8 @@ type fileWriter struct {
 
 	mu      sync.Mutex
 	h       hash.Hash
+	md5     hash.Hash
+	tail    tailWriter
 	size    int64
 	head    []byte
 	data    []byte
@@ -355,7 +400,7 @@ type fileWriter struct {
 // createLocked truncates or creates p and returns a writer for it. The
 // parent directory must exist.
 func (d *Device) createLocked(p string, appendTo bool) (*fileWriter, error) {
-	w := &fileWriter{d: d, path: p, boot: d.bootID, h: sha256.New(), full: true}
+	w := &fileWriter{d: d, path: p, boot: d.bootID, h: sha256.New(), md5: md5.New(), full: true}
 	switch {
 	case p == "/dev/null":
 		w.discard = true
@@ -376,7 +421,7 @@ func (d *Device) createLocked(p string, appendTo bool) (*fileWriter, error) {
 		}
 		w.add(old.data) // d.mu is held: no checks
 	}
-	w.entry = &file{mtime: time.Now(), full: true, sum: sha256.Sum256(nil)}
+	w.entry = &file{mtime: time.Now(), full: true, sum: sha256.Sum256(nil), md5: md5.Sum(nil)}
 	d.files[p] = w.entry
 	return w, nil
 }
@@ -429,7 +474,7 @@ func (w *fileWriter) write(p []byte) (int, error) {
 	if strings.HasPrefix(w.path, "/tmp/") {
 		// /tmp is a tmpfs: it can hold only what MemAvailable allows.
 		w.d.mu.Lock()
-		avail := w.d.memAvailableLocked()
+		avail := min(w.d.memAvailableLocked(), w.d.tmpFreeLocked())
 		w.d.mu.Unlock()
 		if w.size+int64(n) > avail {
 			w.failed = errNoSpace
@@ -457,6 +502,8 @@ func (w *fileWriter) write(p []byte) (int, error) {
 // add appends p to the content, with no checks and no lock.
 func (w *fileWriter) add(p []byte) {
 	w.h.Write(p)
+	w.md5.Write(p)
+	_, _ = w.tail.Write(p)
 	if len(w.head) < headSize {
 		w.head = append(w.head, p[:min(len(p), headSize-len(w.head))]...)
 	}
@@ -532,16 +579,14 @@ func (w *fileWriter) commitLocked() {
 	if w.discard || w.dropCaches {
 		return
 	}
-	f := &file{size: w.size, head: w.head, data: w.data, full: w.full, mtime: time.Now()}
+	f := &file{size: w.size, head: w.head, tail: w.tail.tail, tailCRC: w.tail.crc, data: w.data, full: w.full, mtime: time.Now()}
 	if w.corrupt && w.size > 0 && w.full {
 		// A small upload never reached corruptOffset: flip its last byte.
 		w.data[len(w.data)-1] ^= 0x01
-		if len(w.data) <= headSize {
-			w.head[len(w.data)-1] ^= 0x01
-		}
-		f.sum = sha256.Sum256(w.data)
+		f = newFileFromBytes(w.data)
 	} else {
 		copy(f.sum[:], w.h.Sum(nil))
+		copy(f.md5[:], w.md5.Sum(nil))
 	}
 	w.d.mu.Lock()
 	defer w.d.mu.Unlock()

@@ -54,13 +54,14 @@ func (d *Device) acceptLoop(ln net.Listener) {
 			d.conns = make(map[*sconn]struct{})
 		}
 		d.conns[c] = struct{}{}
+		cfg := d.sshCfg
 		d.wg.Add(1)
 		d.mu.Unlock()
-		go d.handleConn(c)
+		go d.handleConn(c, cfg)
 	}
 }
 
-func (d *Device) handleConn(c *sconn) {
+func (d *Device) handleConn(c *sconn, cfg *ssh.ServerConfig) {
 	defer d.wg.Done()
 	defer func() {
 		c.kill()
@@ -69,7 +70,7 @@ func (d *Device) handleConn(c *sconn) {
 		d.mu.Unlock()
 	}()
 	_ = c.nc.SetDeadline(time.Now().Add(handshakeTimeout))
-	sc, chans, reqs, err := ssh.NewServerConn(c.nc, d.sshCfg)
+	sc, chans, reqs, err := ssh.NewServerConn(c.nc, cfg)
 	if err != nil {
 		return
 	}
