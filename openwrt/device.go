@@ -63,9 +63,17 @@ func (a *attempt) readBoardName(ctx context.Context) string {
 	return strings.TrimSpace(a.job.Device.BoardName)
 }
 
-// readCompatVersion returns the device's system.compat_version from
-// /etc/board.json, "1.0" when it has none (as sysupgrade assumes).
+// readCompatVersion returns the device's compat_version as sysupgrade
+// reads it: the uci option system.@system[0].compat_version (first boot
+// copies it from /etc/board.json; an upgrade that keeps the configuration
+// keeps the old value), else /etc/board.json's system.compat_version, else
+// "1.0".
 func (a *attempt) readCompatVersion(ctx context.Context) string {
+	if out, err := a.exec(ctx, command("uci", "-q", "get", "system.@system[0].compat_version")); err == nil {
+		if v := strings.TrimSpace(out); v != "" {
+			return v
+		}
+	}
 	out, err := a.exec(ctx, command("cat", boardJSONFile))
 	if err != nil {
 		return "1.0"
