@@ -13,8 +13,11 @@ import (
 var ErrInvalidOptions = errors.New("openwrt: invalid sysupgrade options")
 
 // Options are the sysupgrade flags an upgrade runs with. The zero value
-// flashes with no flag at all (the configuration is not kept); most callers
-// want DefaultOptions, which keeps the configuration like openwisp does.
+// flashes with no flag at all: sysupgrade then still keeps the
+// configuration files it lists (the conffiles of the installed packages and
+// /etc/sysupgrade.conf); only -n drops the configuration. Most callers want
+// DefaultOptions, which also keeps every changed file of /etc/ (-c), like
+// openwisp does.
 //
 // The flags are emitted in this fixed order: -c -o -n -u -p -k -F (after
 // -v, which the flash command always carries).

@@ -71,3 +71,26 @@ func TestProbe(t *testing.T) {
 		})
 	}
 }
+
+// Probe works on a 12.09 device, which has no /tmp/sysinfo and no procd
+// (ubus has no system object): the model comes from /proc/cpuinfo.
+func TestProbeWithoutSysinfo(t *testing.T) {
+	t.Parallel()
+	dev, err := devicesim.New(devicesim.Config{Release: devicesim.ReleaseDescription("12.09")})
+	require.NoError(t, err)
+	require.NoError(t, dev.Start())
+	t.Cleanup(func() { dev.Close() })
+	require.False(t, dev.SysInfo(), "the 12.09 profile has no /tmp/sysinfo")
+	u, err := openwrt.New(&openwrt.Config{Logger: slog.New(slog.DiscardHandler),
+		CredentialsFunc: func(context.Context, store.Device) (openwrt.Credentials, error) {
+			return openwrt.Credentials{Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
+		}})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	info, err := u.Probe(ctx, store.Device{ID: "old-box"})
+	require.NoError(t, err)
+	assert.NotEmpty(t, info.Model, "the model comes from /proc/cpuinfo")
+	assert.Contains(t, info.Release, "12.09")
+}
