@@ -3,6 +3,7 @@ package openwrt
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
@@ -45,5 +46,54 @@ func BenchmarkUpload(b *testing.B) {
 				require.Equal(b, want, f.SHA256)
 			})
 		}
+	}
+}
+
+// BenchmarkReconnectAfterSilentReboot measures, per upgrade of a device
+// whose address is silent while it reboots (connects time out), how long
+// after its SSH answers again the upgrade is recorded a success: the
+// "after-up-ms" metric (median over the iterations). "defaults" uses the
+// Config defaults; "previous-defaults" the defaults before OpenWrt release
+// awareness (first reconnection 20 s after the flash, then every 10 s, each
+// with the 15 s connect timeout), side by side in one run. Run it with
+//
+//	go test ./openwrt -run '^$' -bench ReconnectAfterSilentReboot -benchtime 5x
+func BenchmarkReconnectAfterSilentReboot(b *testing.B) {
+	for _, tc := range []struct {
+		name string
+		cfg  func(*Config)
+	}{
+		{"defaults", func(c *Config) {
+			c.ConnectTimeout, c.ReconnectDelay, c.ReconnectRetryDelay, c.ReconnectDialTimeout, c.ReconnectMaxRetries = 0, 0, 0, 0, 0
+		}},
+		{"previous-defaults", func(c *Config) {
+			c.ConnectTimeout, c.ReconnectDelay, c.ReconnectRetryDelay, c.ReconnectMaxRetries = 0, 20*time.Second, 10*time.Second, 40
+			c.ReconnectDialTimeout = DefaultConnectTimeout
+		}},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			var after []time.Duration
+			for range b.N {
+				bd := setup(b, setupOpts{sim: devicesim.Config{RebootDelay: 10 * time.Second,
+					Faults: devicesim.Faults{SilentReboot: true}}, config: tc.cfg})
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				upAt := make(chan time.Time, 1)
+				go func() {
+					if bd.dev.WaitDown(ctx) == nil && bd.dev.WaitUp(ctx) == nil {
+						upAt <- time.Now()
+					}
+					close(upAt)
+				}()
+				err := bd.u.Upgrade(ctx, bd.job)
+				done := time.Now()
+				cancel()
+				require.NoError(b, err)
+				up, ok := <-upAt
+				require.True(b, ok, "the device came back")
+				after = append(after, done.Sub(up))
+			}
+			slices.Sort(after)
+			b.ReportMetric(float64(after[len(after)/2].Milliseconds()), "after-up-ms")
+		})
 	}
 }
