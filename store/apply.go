@@ -29,6 +29,12 @@ func (u OperationUpdate) Validate() error {
 	if u.Attempt != nil && *u.Attempt < 0 {
 		return invalid("operation update", "Attempt", "is negative (%d)", *u.Attempt)
 	}
+	if u.RetryAfter != nil && *u.RetryAfter < 0 {
+		return invalid("operation update", "RetryAfter", "is negative (%s)", *u.RetryAfter)
+	}
+	if u.DeadlineAfter != nil && *u.DeadlineAfter < 0 {
+		return invalid("operation update", "DeadlineAfter", "is negative (%s)", *u.DeadlineAfter)
+	}
 	return nil
 }
 
@@ -105,8 +111,14 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 	if u.Deadline != nil {
 		next.Deadline = *u.Deadline
 	}
+	if u.RetryAfter != nil {
+		next.NextAttemptAt = now.Add(*u.RetryAfter)
+	}
+	if u.DeadlineAfter != nil {
+		next.Deadline = now.Add(*u.DeadlineAfter)
+	}
 	onlyLog := (u.State == "" || u.State == op.State) && u.Phase == nil && u.Progress == nil &&
-		u.Attempt == nil && u.NextAttemptAt == nil && u.Deadline == nil
+		u.Attempt == nil && u.NextAttemptAt == nil && u.Deadline == nil && u.RetryAfter == nil && u.DeadlineAfter == nil
 	if !onlyLog { // Version counts changes of the record; logs excepted
 		next.Version++
 		next.UpdatedAt = now

@@ -179,6 +179,12 @@ type OperationUpdate struct {
 	Attempt       *int
 	NextAttemptAt *time.Time
 	Deadline      *time.Time
+	// RetryAfter sets NextAttemptAt to the store's now plus this delay, and
+	// DeadlineAfter sets Deadline the same way: due times measured on the
+	// clock that claims compare them with, whatever the writer's clock
+	// says. Each wins over its absolute twin when both are set.
+	RetryAfter    *time.Duration
+	DeadlineAfter *time.Duration
 	// Log lines appended in the same atomic change.
 	Log []string
 	// Token is the fencing token of the writer's claim (see Claims): the

@@ -105,7 +105,7 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 		Progress: store.Ptr(0), Attempt: &attempt, Log: lines, Token: c.token,
 	}
 	if op.Deadline.IsZero() {
-		upd.Deadline = store.Ptr(now.Add(e.cfg.OperationTimeout))
+		upd.DeadlineAfter = store.Ptr(e.cfg.OperationTimeout) // on the store's clock
 	}
 	var started store.Operation
 	err = e.persist(c, func(ctx context.Context) (err error) {
@@ -258,14 +258,14 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 // when it is due runs it.
 func (e *Engine) retryLater(c *claim, op store.Operation, reason status.Reason, uerr error) (store.Operation, time.Time, error) {
 	d := e.cfg.Retry.Delay(op.Attempt)
-	at := e.cfg.Now().Add(d)
+	at := e.cfg.Now().Add(d) // for this engine's wake-up; the store sets the due time on its own clock
 	line := fmt.Sprintf("recoverable failure (%s): %v; retrying in %s (retry %d of %d)",
 		reason, uerr, d.Round(time.Millisecond), op.Attempt, e.cfg.Retry.MaxRetries)
 	var upd store.Operation
 	err := e.persist(c, func(ctx context.Context) (err error) {
 		upd, err = e.store.UpdateOperation(ctx, op.ID, store.OperationUpdate{
 			From: status.InProgress, Phase: store.Ptr(status.PhaseNone), Progress: store.Ptr(0),
-			NextAttemptAt: &at, Log: []string{line}, Token: c.token,
+			RetryAfter: &d, Log: []string{line}, Token: c.token,
 		})
 		return err
 	})

@@ -603,6 +603,21 @@ func claimTests(n int) []test {
 			got := f.claim("engine-2", 1, longLease)
 			require.Len(t, got, 1, "claimable at once by another engine")
 		}},
+		{"RetryAfterOnStoreClock", func(t *testing.T, f *fixture) {
+			// Due times written as delays are measured on the store's clock
+			// (the one claims compare them with), not the writer's.
+			op := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
+			d, dl := 90*time.Minute, 3*time.Hour
+			upd := f.update(op.ID, store.OperationUpdate{From: status.Pending, State: status.InProgress,
+				RetryAfter: &d, DeadlineAfter: &dl, Token: op.Token})
+			assert.True(t, upd.NextAttemptAt.Equal(upd.UpdatedAt.Add(d)), "NextAttemptAt %s = UpdatedAt %s + %s", upd.NextAttemptAt, upd.UpdatedAt, d)
+			assert.True(t, upd.Deadline.Equal(upd.UpdatedAt.Add(dl)), "Deadline %s = UpdatedAt %s + %s", upd.Deadline, upd.UpdatedAt, dl)
+			require.NoError(t, f.s.ReleaseOperation(f.ctx, op.ID, op.Token))
+			assert.Empty(t, f.claim("engine-2", 1, longLease), "not due for 90 minutes")
+			neg := -time.Second
+			_, err := f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: status.InProgress, RetryAfter: &neg})
+			requireInvalid(t, err, "RetryAfter")
+		}},
 		{"ReleasedClaimableAgain", func(t *testing.T, f *fixture) {
 			op := f.claimOne(f.newOp("org-a").ID, "engine-1", longLease)
 			require.NoError(t, f.s.ReleaseOperation(f.ctx, op.ID, op.Token))
