@@ -150,6 +150,8 @@ func TestReleaseSpecificOutcomes(t *testing.T) {
 			log: "the release it ran before the flash"},
 		{name: "silent reboot", sim: devicesim.Config{Faults: devicesim.Faults{SilentReboot: true}},
 			image: f.image, state: status.Success, upload: true, flashed: true},
+		{name: "-n: the device comes back with new host keys", sim: devicesim.Config{Faults: devicesim.Faults{NewHostKeysAfterReset: true}},
+			image: f.image, options: opts(`{"sysupgrade":"n"}`), state: status.Success, upload: true, flashed: true},
 		{name: "metadata contradicts the name", image: contradicting,
 			state: status.Aborted, reason: status.ReasonNoImageForBoard, log: "glinet,gl-ar150"},
 		{name: "metadata contradicts the name, with -F", image: contradicting, options: opts(`{"sysupgrade":"c,F"}`),
