@@ -38,6 +38,11 @@ type conn struct {
 	once   sync.Once
 }
 
+// detach keeps the connection open when the context it was dialled with
+// ends: the flash, once decided, must not be cut by the attempt ending.
+// The caller closes it.
+func (c *conn) detach() { c.stop() }
+
 func (c *conn) Close() error {
 	var err error
 	c.once.Do(func() {
@@ -207,8 +212,8 @@ func (w *capBuffer) String() string {
 var errSessionLost = errors.New("openwrt: the session ended without an exit status")
 
 // errNotStarted is wrapped (with errSessionLost) by run when the command
-// never started: the session could not be opened, or the device refused to
-// start the command. Nothing ran on the device.
+// never started: the session could not be opened. Nothing ran on the
+// device.
 var errNotStarted = errors.New("openwrt: the command never started")
 
 // errCommandTimeout is returned by run when its timeout passed.
@@ -233,7 +238,10 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (stri
 		if ctx.Err() != nil {
 			return "", ctx.Err()
 		}
-		return "", fmt.Errorf("%w (%w): start %s: %w", errSessionLost, errNotStarted, cmd, err)
+		// The exec request may have reached the device before the
+		// connection broke: the command may run. Only a session that never
+		// opened proves nothing ran.
+		return "", fmt.Errorf("%w: start %s: %w", errSessionLost, cmd, err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- s.Wait() }()
@@ -258,7 +266,7 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (stri
 	}
 	var ee *ssh.ExitError
 	if errors.As(err, &ee) {
-		if ee.Signal() != "" && ee.ExitStatus() == 0 {
+		if ee.Signal() != "" { // x/crypto/ssh reports 128+n: it did not exit, it was killed
 			return output, fmt.Errorf("%w: %s killed by signal %s", errSessionLost, cmd, ee.Signal())
 		}
 		return output, &CommandError{Cmd: cmd, ExitStatus: ee.ExitStatus(), Output: truncateOutput(output, MaxErrorOutput)}

@@ -13,10 +13,7 @@ import (
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
-const (
-	boardNameFile = "/tmp/sysinfo/board_name"
-	boardJSONFile = "/etc/board.json"
-)
+const boardNameFile = "/tmp/sysinfo/board_name"
 
 // learn reads, once per attempt, what the device runs and what its release
 // supports: its release (/etc/openwrt_release), its board name (from
@@ -63,34 +60,16 @@ func (a *attempt) readBoardName(ctx context.Context) string {
 	return strings.TrimSpace(a.job.Device.BoardName)
 }
 
-// readCompatVersion returns the device's compat_version as sysupgrade
-// reads it: the uci option system.@system[0].compat_version (first boot
-// copies it from /etc/board.json; an upgrade that keeps the configuration
-// keeps the old value), else /etc/board.json's system.compat_version, else
-// "1.0".
+// readCompatVersion returns the device's compat_version as sysupgrade's
+// fwtool check reads it: the uci option system.@system[0].compat_version
+// (first boot copies it from /etc/board.json; an upgrade that keeps the
+// configuration keeps the old value), "1.0" when it is not set.
 func (a *attempt) readCompatVersion(ctx context.Context) string {
-	if out, err := a.exec(ctx, command("uci", "-q", "get", "system.@system[0].compat_version")); err == nil {
-		if v := strings.TrimSpace(out); v != "" {
-			return v
-		}
+	out, err := a.exec(ctx, command("uci", "-q", "get", "system.@system[0].compat_version"))
+	if v := strings.TrimSpace(out); err == nil && v != "" {
+		return v
 	}
-	out, err := a.exec(ctx, command("cat", boardJSONFile))
-	if err != nil {
-		return "1.0"
-	}
-	var b struct {
-		System struct {
-			CompatVersion json.RawMessage `json:"compat_version"`
-		} `json:"system"`
-	}
-	if json.Unmarshal([]byte(out), &b) != nil || len(b.System.CompatVersion) == 0 {
-		return "1.0"
-	}
-	var s string
-	if json.Unmarshal(b.System.CompatVersion, &s) == nil && s != "" {
-		return s
-	}
-	return strings.Trim(string(b.System.CompatVersion), `"`)
+	return "1.0"
 }
 
 // checkCapabilities refuses, before anything is uploaded, an option the

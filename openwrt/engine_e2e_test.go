@@ -69,7 +69,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 		},
 		ConnectTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second, UpgradeTimeout: 5 * time.Second,
-		ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectMaxRetries: 60,
+		ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectWindow: 3 * time.Second,
 		Logger: slog.New(slog.DiscardHandler),
 	}
 	if o.upgrader != nil {
@@ -238,7 +238,7 @@ func TestEngineTimeoutAfterFlashingIsVerified(t *testing.T) {
 				},
 				upgrader: func(c *openwrt.Config) {
 					c.UpgradeTimeout = 10 * time.Second
-					c.ReconnectMaxRetries = 200 // a 10 s window: the 4 s reboot fits
+					c.ReconnectWindow = 10 * time.Second // the 4 s reboot fits
 				},
 			})
 			// The device takes 4 s to reboot: the operation's deadline (2 s,
@@ -382,7 +382,7 @@ func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 				return openwrt.Credentials{Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
 					HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 			},
-			ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectMaxRetries: 60,
+			ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectWindow: 3 * time.Second,
 			Logger: slog.New(slog.DiscardHandler),
 		})
 		require.NoError(t, err)

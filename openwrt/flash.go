@@ -65,6 +65,7 @@ func (a *attempt) flash(ctx context.Context) error {
 				continue
 			}
 		}
+		a.c.detach() // the attempt ending must not reset the connection under sysupgrade
 		out, err = a.c.run(sctx, a.cfg.UpgradeTimeout, cmd)
 		if !errors.Is(err, errNotStarted) {
 			break
@@ -87,11 +88,11 @@ func (a *attempt) flash(ctx context.Context) error {
 		a.logf(ctx, "No answer from sysupgrade after %s: expected while the device flashes", a.cfg.UpgradeTimeout)
 	case errors.Is(err, errSessionLost):
 		a.logf(ctx, "SSH connection closed by the device: expected while it flashes")
-	case errors.As(err, &ce) && isProcdRefusal(ce.Output):
+	case errors.As(err, &ce) && isProcdRefusal(out): // the whole output: stderr and stdout interleave
 		a.logf(ctx, "procd refused the sysupgrade hand-over (Not supported): the device was not flashed")
 		a.undo(sctx)
 		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: procd refused the flash, the device was not flashed: %w", err))
-	case errors.As(err, &ce) && isFalseFlashError(ce.Output):
+	case errors.As(err, &ce) && isFalseFlashError(out):
 		a.logf(ctx, "sysupgrade exited %d through ubus (OpenWrt 22.03 and later): expected, the flash goes on", ce.ExitStatus)
 	case errors.As(err, &ce):
 		a.logf(ctx, "sysupgrade failed (exit status %d): the device was not flashed", ce.ExitStatus)
@@ -150,35 +151,38 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 	var lastErr error
 	start := time.Now()
 	deadline := start.Add(a.cfg.ReconnectWindow)
-	var lastLog time.Time
-	failures := 0
-	i := 0
+	var lastFail, lastConn time.Time
+	every := func(last *time.Time) bool { // the first time, then once every reconnectLogEvery
+		if last.IsZero() || time.Since(*last) >= reconnectLogEvery {
+			*last = time.Now()
+			return true
+		}
+		return false
+	}
+	attempts := 0
+	wait := time.Duration(0)
 	for {
-		i++
-		if a.cfg.ReconnectMaxRetries > 0 && i > a.cfg.ReconnectMaxRetries {
+		if a.cfg.ReconnectMaxRetries > 0 && attempts >= a.cfg.ReconnectMaxRetries {
 			break
 		}
-		if i > 1 {
-			if time.Now().Add(a.cfg.ReconnectRetryDelay).After(deadline) {
+		if attempts > 0 {
+			if time.Now().Add(wait).After(deadline) {
 				break
 			}
-			if err := sleep(ctx, a.cfg.ReconnectRetryDelay); err != nil {
+			if err := sleep(ctx, wait); err != nil {
 				return err
 			}
 		}
+		attempts++
+		wait = a.cfg.ReconnectRetryDelay
 		c, err := a.connectWith(ctx, a.cfg.ReconnectDialTimeout)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
 			}
 			lastErr = inner(err)
-			failures++
-			if failures == 1 || time.Since(lastLog) >= reconnectLogEvery {
-				lastLog = time.Now()
-				a.logf(ctx, "Device not reachable yet (%d attempts in %s): %v", i, time.Since(start).Round(time.Second), lastErr)
-			}
-			if time.Now().After(deadline) {
-				break
+			if every(&lastFail) {
+				a.logf(ctx, "Device not reachable yet (%d attempts in %s): %v", attempts, time.Since(start).Round(time.Second), lastErr)
 			}
 			continue
 		}
@@ -190,29 +194,41 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 			}
 			a.progress(ctx, status.ProgressReconnected)
 		}
-		a.logf(ctx, "Connected to %s (attempt %d, %s after the start of the wait)", c.addr, i, time.Since(start).Round(time.Millisecond))
-		if err := a.checkSameDevice(ctx); err != nil {
-			lastErr = err
-			a.close()
-			continue
+		// A device that answers without proving anything is logged the
+		// first time and then every reconnectLogEvery; the lines of a
+		// connection that decides are always kept.
+		quiet := !every(&lastConn)
+		a.quiet, a.held = quiet, nil
+		a.logf(ctx, "Connected to %s (attempt %d, %s after the start of the wait)", c.addr, attempts, time.Since(start).Round(time.Millisecond))
+		err = a.checkSameDevice(ctx)
+		done := false
+		if err == nil {
+			done, err = check(ctx)
 		}
-		done, err := check(ctx)
-		a.close()
+		held := a.held
+		a.quiet, a.held = false, nil
 		if done {
+			for _, l := range held {
+				a.logf(ctx, "%s", l)
+			}
+			a.close()
 			return err
 		}
+		a.close()
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		if err != nil {
 			lastErr = err
-			if !isStale(err) {
+			if !isStale(err) && !quiet {
 				a.logf(ctx, "Verification interrupted: %v", err)
 			}
 		}
-		if time.Now().After(deadline) {
-			break
-		}
+		// The device answered but proved nothing yet (still on its old
+		// firmware, or another device at the address): the longer that
+		// lasts, the less often it is logged in to (a tenth of the time
+		// waited so far, at most answeredRetryDelay).
+		wait = max(a.cfg.ReconnectRetryDelay, min(time.Since(start)/10, answeredRetryDelay))
 	}
 	if isStale(lastErr) {
 		// The device answered last, but never proved the new firmware.
@@ -223,8 +239,12 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 	}
 	return upgrader.Failed(status.ReasonUnreachableAfterFlash,
 		fmt.Errorf("openwrt: device %s not reachable after the flash (%d attempts in %s): %w",
-			deviceLabel(a.job.Device), i-1, time.Since(start).Round(time.Second), lastErr))
+			deviceLabel(a.job.Device), attempts, time.Since(start).Round(time.Second), lastErr))
 }
+
+// answeredRetryDelay is the longest wait before connecting again to a
+// device that answered without proving the new firmware.
+const answeredRetryDelay = 5 * time.Second
 
 // proveRelease is the last check of a reconnection: the device must run the
 // expected release (the build's OS identifier, else the version in the
@@ -271,9 +291,9 @@ func isStale(err error) bool {
 }
 
 // checkSameDevice guards the reconnection against reaching another device
-// at the address: when the identity check is on and the device reports a
-// UUID, it must be the operation's. A device that lost its openwisp
-// configuration (flashed with -n) reports none and is accepted.
+// at the address: when the identity check is on, the device must report
+// the operation's UUID. Only after a flash with -n (the configuration not
+// kept) may it report none.
 func (a *attempt) checkSameDevice(ctx context.Context) error {
 	if a.cfg.SkipIdentityCheck {
 		return nil
@@ -281,9 +301,12 @@ func (a *attempt) checkSameDevice(ctx context.Context) error {
 	got, err := a.readUUID(ctx)
 	var ce *CommandError
 	switch {
-	case errors.As(err, &ce) || (err == nil && got == ""):
-		a.logf(ctx, "The device reports no %s (configuration not kept?): identity not checked", uuidOption)
+	case (errors.As(err, &ce) || (err == nil && got == "")) && a.opts.NoConfig:
+		a.logf(ctx, "The device reports no %s (flashed with -n: the configuration was not kept): identity not checked", uuidOption)
 		return nil
+	case errors.As(err, &ce) || (err == nil && got == ""):
+		a.logf(ctx, "A device without %s answers at this address, although the configuration was kept: not the operation's device", uuidOption)
+		return fmt.Errorf("openwrt: a device without %s answers at the address", uuidOption)
 	case err != nil:
 		return err
 	case normalizeUUID(got) != normalizeUUID(a.job.Device.ID):
@@ -312,6 +335,9 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		a.log.Warn("openwrt: cannot record the verifying phase", "error", err)
 	}
 	a.logf(ctx, "Verifying the outcome of an earlier flash")
+	if opts, err := ParseOptions(job.Operation.Options); err == nil {
+		a.opts = opts // -n decides whether the device may come back without its UUID
+	}
 	if md, err := a.imageMetadata(ctx); err == nil {
 		a.meta = md // the expected release, when the build has none
 	}

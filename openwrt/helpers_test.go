@@ -185,7 +185,7 @@ func setup(t testing.TB, o setupOpts) *bundle {
 		UpgradeTimeout:      5 * time.Second,
 		ReconnectDelay:      50 * time.Millisecond,
 		ReconnectRetryDelay: 50 * time.Millisecond,
-		ReconnectMaxRetries: 40,
+		ReconnectWindow:     2 * time.Second,
 		Logger:              slog.New(slog.DiscardHandler),
 	}
 	if o.config != nil {

@@ -822,7 +822,7 @@ func (c *cluster) spawn(t *testing.T, name string) *proc {
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 		},
 		ConnectTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second, UpgradeTimeout: 5 * time.Second,
-		ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectMaxRetries: 60,
+		ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectWindow: 3 * time.Second,
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	require.NoError(t, err)

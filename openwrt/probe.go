@@ -40,7 +40,10 @@ func (u *Upgrader) Probe(ctx context.Context, d store.Device) (DeviceInfo, error
 	defer c.Close()
 	read := func(args ...string) (string, error) {
 		out, err := c.run(ctx, u.cfg.CommandTimeout, command(args...))
-		return strings.TrimSpace(out), err
+		if err != nil {
+			return "", err // the output of a failed command is its error text, not a value
+		}
+		return strings.TrimSpace(out), nil
 	}
 	var info DeviceInfo
 	var ce *CommandError

@@ -68,15 +68,24 @@ func isVersion(s string) bool {
 	return true
 }
 
-// isRevision reports a source revision: "r" and a number, with an optional
-// "-hash" ("r4030-6028f00df0", "r1234").
+// isRevision reports a source revision as OpenWrt's getver.sh writes it:
+// "r" and a number, with "+N" for N local commits on top of upstream, and
+// an optional "-hash" ("r4030-6028f00df0", "r23809+15-aaaa", "r1234").
 func isRevision(s string) bool {
 	if len(s) < 2 || s[0] != 'r' {
 		return false
 	}
 	num, _, _ := strings.Cut(s[1:], "-")
-	_, err := strconv.Atoi(num)
-	return err == nil
+	upstream, local, hasLocal := strings.Cut(num, "+")
+	if _, err := strconv.Atoi(upstream); err != nil {
+		return false
+	}
+	if hasLocal {
+		if _, err := strconv.Atoi(local); err != nil {
+			return false
+		}
+	}
+	return true
 }
 
 func versionNumbers(v string) (int, int) {

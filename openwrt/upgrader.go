@@ -93,6 +93,8 @@ type attempt struct {
 	wifiDown  bool     // this attempt ran "wifi down"
 	uploaded  bool     // the image may be on the device at remotePath
 	flashing  bool     // the flash was decided: never clean up after it
+	quiet     bool     // a repeated reconnection: its lines are held back in held
+	held      []string // lines held back while quiet, logged if the connection decides
 	verifying bool     // the verifying phase was reported
 
 	cancelUpload context.CancelCauseFunc // stops the upload in progress
@@ -144,6 +146,10 @@ func defaultRemotePath(im upgrader.Image) string {
 func (a *attempt) logf(ctx context.Context, format string, args ...any) {
 	line := fmt.Sprintf(format, args...)
 	a.log.Debug(line)
+	if a.quiet {
+		a.held = append(a.held, line)
+		return
+	}
 	if err := a.job.Report.Log(context.WithoutCancel(ctx), line); err != nil {
 		a.log.Warn("openwrt: cannot append to the operation log", slog.Any("error", err))
 	}
