@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/ssh"
@@ -180,7 +181,11 @@ type Config struct {
 	Files map[string][]byte
 	// Faults injects failures.
 	Faults Faults
-	// Addr is the first listen address. Defaults to "127.0.0.1:0".
+	// Addr is the first listen address. Defaults to a loopback address of
+	// the device's own (127.x.y.z:0, where the system routes all of 127/8 to
+	// the loopback, as Linux does; else 127.0.0.1:0), so that the port a
+	// rebooting device frees cannot be taken by another listener meanwhile:
+	// a real device keeps its address over a reboot.
 	Addr string
 }
 
@@ -275,6 +280,7 @@ type Device struct {
 	closed  bool
 	up      bool
 	ln      net.Listener
+	ownAddr bool // cfg.Addr is a loopback address of the device's own
 	addr    string
 	conns   map[*sconn]struct{}
 	timer   *time.Timer
@@ -358,8 +364,9 @@ func New(cfg Config) (*Device, error) {
 	if cfg.RebootDelay == 0 {
 		cfg.RebootDelay = DefaultRebootDelay
 	}
+	ownAddr := false
 	if cfg.Addr == "" {
-		cfg.Addr = "127.0.0.1:0"
+		cfg.Addr, ownAddr = nextLoopback(), true
 	}
 	if cfg.CompatVersion == "" {
 		cfg.CompatVersion = DefaultCompatVersion
@@ -409,6 +416,7 @@ func New(cfg Config) (*Device, error) {
 		changed: make(chan struct{}),
 		faults:  cfg.Faults,
 		compat:  cfg.CompatVersion,
+		ownAddr: ownAddr,
 	}
 	d.setReleaseLocked(cfg.Release)
 	d.sshCfg = d.serverConfig()
@@ -453,6 +461,11 @@ func (d *Device) Start() error {
 		return ErrStarted
 	}
 	ln, err := net.Listen("tcp", d.cfg.Addr)
+	if err != nil && d.ownAddr {
+		// This system does not route all of 127/8 to the loopback.
+		d.cfg.Addr, d.ownAddr = "127.0.0.1:0", false
+		ln, err = net.Listen("tcp", d.cfg.Addr)
+	}
 	if err != nil {
 		return fmt.Errorf("devicesim: listen: %w", err)
 	}
@@ -935,4 +948,14 @@ func newBootID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// loopbackSeq numbers the loopback addresses given to devices.
+var loopbackSeq atomic.Uint32
+
+// nextLoopback returns a loopback address no other device uses:
+// 127.1.0.1, 127.1.0.2, ... (16 million of them).
+func nextLoopback() string {
+	n := loopbackSeq.Add(1)%(1<<24-2) + 1
+	return net.JoinHostPort(fmt.Sprintf("127.%d.%d.%d", 1+(n>>16)%254, (n>>8)&0xff, n&0xff), "0")
 }

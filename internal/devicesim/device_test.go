@@ -3,6 +3,7 @@ package devicesim
 import (
 	"crypto/ed25519"
 	"crypto/rand"
+	"net"
 	"path"
 	"strings"
 	"testing"
@@ -50,7 +51,9 @@ func TestHostKeyVerification(t *testing.T) {
 	t.Parallel()
 	d := setup(t, Config{})
 	other := setup(t, Config{})
-	require.Contains(t, string(d.KnownHosts()), "[127.0.0.1]:")
+	host, _, err := net.SplitHostPort(d.Addr())
+	require.NoError(t, err)
+	require.Contains(t, string(d.KnownHosts()), "["+host+"]:")
 	// The right known_hosts line is accepted.
 	_ = sh(t, d, "true")
 	// Another key for the same address is refused.

@@ -182,7 +182,9 @@ func TestFaultComeBackOnNewAddress(t *testing.T) {
 	flash(t, d, "")
 	require.NoError(t, d.WaitReboots(waitCtx(t), 1))
 	require.NotEqual(t, old, d.Addr())
-	require.Contains(t, string(d.KnownHosts()), d.Addr()[len("127.0.0.1:"):])
+	_, port, err := net.SplitHostPort(d.Addr())
+	require.NoError(t, err)
+	require.Contains(t, string(d.KnownHosts()), "]:"+port)
 	sh(t, d, "true")
 }
 
