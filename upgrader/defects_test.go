@@ -414,3 +414,30 @@ func TestTwoEnginesShareWork(t *testing.T) {
 	require.NoError(t, other.Stop(ctx))
 	assert.Len(t, owners, 2, "both engines took work")
 }
+
+// A second Stop, concurrent with the first, returns only once the engine is
+// drained (it returned at once while the first was still waiting).
+func TestConcurrentStopWaitsForTheFirst(t *testing.T) {
+	t.Parallel()
+	hold := make(chan struct{})
+	fake := &upgradertest.Fake{Hold: hold, HoldAt: status.PhaseUpload}
+	b := setup(t, fake, nil)
+	ctx := context.Background()
+	require.NoError(t, b.eng.Start(ctx))
+	op, err := b.eng.Enqueue(ctx, upgrader.Request{DeviceID: b.device.ID, ImageID: b.image.ID})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool {
+		o, _ := b.st.Operation(ctx, op.ID)
+		return o.Phase == status.PhaseUpload
+	}, 10*time.Second, 5*time.Millisecond)
+	first := make(chan error, 1)
+	go func() { first <- b.eng.Stop(ctx) }() // waits for the held attempt
+	require.Eventually(t, func() bool {
+		sctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+		defer cancel()
+		return errors.Is(b.eng.Stop(sctx), context.DeadlineExceeded)
+	}, 10*time.Second, 10*time.Millisecond, "a second Stop waits while the first drains")
+	close(hold)
+	require.NoError(t, <-first)
+	require.NoError(t, b.eng.Stop(ctx), "after the first returned, Stop returns at once")
+}

@@ -47,6 +47,7 @@ type Engine struct {
 	workCtx  context.Context // ends when Stop gives up waiting: interrupts attempts
 	workStop context.CancelCauseFunc
 	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
+	stopDone chan struct{} // closed when the first Stop returns
 	deadOnce sync.Once
 	loops    sync.WaitGroup // producer and maintenance
 	jobs     chan claimed   // claimed operations, from the producer to the workers
@@ -72,6 +73,7 @@ func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 		waiters:   map[string][]chan struct{}{},
 		renewKick: make(chan struct{}, 1),
 		dead:      make(chan struct{}),
+		stopDone:  make(chan struct{}),
 	}
 	e.prod.init()
 	e.maint.hint = make(chan struct{}, 1)
@@ -133,16 +135,25 @@ func (e *Engine) Start(ctx context.Context) error {
 // verification; their leases are released, so any engine sharing the store
 // (or the next one started) takes them over at once. Synchronous Upgrade
 // and Run calls are governed by their callers' contexts, not by Stop. Stop
-// ends every event subscription. Calling it again does nothing.
+// ends every event subscription. Calling it again (or concurrently) waits
+// for the first call to finish, or for its own ctx.
 func (e *Engine) Stop(ctx context.Context) error {
 	e.mu.Lock()
 	if e.stopped {
 		e.mu.Unlock()
-		return nil
+		// Another Stop runs or ran: wait for it (or for ctx), so that every
+		// Stop returns with the engine drained.
+		select {
+		case <-e.stopDone:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
 	}
 	e.stopped = true
 	started := e.started
 	e.mu.Unlock()
+	defer close(e.stopDone)
 	if !started {
 		e.kill()
 		e.events.closeAll()
