@@ -193,7 +193,7 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 	}
 	a.meta = md
 	if boards := md.Boards(); len(boards) > 0 {
-		if a.board == "" || !slicesContainsFold(boards, a.board) {
+		if !md.Supports(a.board) {
 			a.logf(ctx, "The image is for %s, the device's board is %q: refused (even with -F)", strings.Join(boards, ", "), a.board)
 			return upgrader.Aborted(status.ReasonNoImageForBoard,
 				fmt.Errorf("openwrt: the image's metadata lists %s, not the device's board %q", strings.Join(boards, ", "), a.board))
@@ -230,16 +230,6 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 			fmt.Errorf("openwrt: compat_version %s of the image, %s of the device: the configuration cannot be kept (%s would allow it)", image, device, allow))
 	}
 	return nil
-}
-
-func slicesContainsFold(list []string, s string) bool {
-	s = strings.TrimSpace(s)
-	for _, v := range list {
-		if strings.EqualFold(strings.TrimSpace(v), s) {
-			return true
-		}
-	}
-	return false
 }
 
 // expectedRelease is the release the device must run after the flash: the

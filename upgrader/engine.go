@@ -46,7 +46,8 @@ type Engine struct {
 	runStop  context.CancelCauseFunc
 	workCtx  context.Context // ends when Stop gives up waiting: interrupts attempts
 	workStop context.CancelCauseFunc
-	dead     chan struct{} // closed when Stop gives up waiting: no more write retries
+	dead     context.Context // done when Stop gives up waiting: no more write retries
+	killDead context.CancelFunc
 	stopDone chan struct{} // closed when the first Stop returns
 	deadOnce sync.Once
 	loops    sync.WaitGroup // producer and maintenance
@@ -72,9 +73,9 @@ func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 		held:      map[string]*claim{},
 		waiters:   map[string][]chan struct{}{},
 		renewKick: make(chan struct{}, 1),
-		dead:      make(chan struct{}),
 		stopDone:  make(chan struct{}),
 	}
+	e.dead, e.killDead = context.WithCancel(context.Background())
 	e.prod.init()
 	e.maint.hint = make(chan struct{}, 1)
 	return e, nil
@@ -186,7 +187,7 @@ func (e *Engine) kill() {
 		if e.workStop != nil {
 			e.workStop(errStopping)
 		}
-		close(e.dead)
+		e.killDead()
 	})
 }
 
@@ -548,31 +549,11 @@ func (e *Engine) wakeWaiters(id string) {
 // eventContext bounds the store reads made only to tell the host (a batch
 // event): a few seconds, and not past a Stop that gave up waiting.
 func (e *Engine) eventContext() (context.Context, context.CancelFunc) {
-	ctx, cancel := context.WithTimeout(context.Background(), eventReadTimeout)
-	stop := context.AfterFunc(ctxOf(e.dead), cancel)
-	return ctx, func() { stop(); cancel() }
+	return context.WithTimeout(e.dead, eventReadTimeout)
 }
 
 // eventReadTimeout bounds a store read made for an event.
 const eventReadTimeout = 5 * time.Second
-
-// ctxOf returns a context done when ch is closed.
-func ctxOf(ch <-chan struct{}) context.Context { return doneCtx(ch) }
-
-// doneCtx is a context.Context that is done when its channel is closed.
-type doneCtx <-chan struct{}
-
-func (d doneCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
-func (d doneCtx) Done() <-chan struct{}       { return d }
-func (d doneCtx) Err() error {
-	select {
-	case <-d:
-		return context.Canceled
-	default:
-		return nil
-	}
-}
-func (d doneCtx) Value(any) any { return nil }
 
 // published emits the event of kind for op, and a batch event when op
 // belongs to a batch and kind is a state change.

@@ -511,7 +511,7 @@ func (e *Engine) persist(c *claim, write func(ctx context.Context) error) error 
 		case <-c.lost:
 			t.Stop()
 			return err
-		case <-e.dead:
+		case <-e.dead.Done():
 			t.Stop()
 			return err
 		}

@@ -34,13 +34,10 @@ type claim struct {
 	lost      chan struct{}           // closed when the lease is lost
 	isLost    bool
 	cancelled bool // a cancel was requested
-	// heldFrom is when the latest claim or renewal that succeeded was sent
-	// (this machine's monotonic clock): the store's lease runs at least
-	// until heldFrom + LeaseDuration, whatever the network did since.
-	heldFrom time.Time
-	// watchdog gives the claim up at heldFrom + giveUpAfter, unless a
-	// renewal succeeds first: on this engine's own clock, independent of
-	// how long a hung store call takes.
+	// watchdog gives the claim up giveUpAfter after the latest claim or
+	// renewal that succeeded was sent (this machine's monotonic clock: the
+	// store's lease runs at least LeaseDuration from then), unless another
+	// renewal succeeds first, however long a hung store call takes.
 	watchdog *time.Timer
 }
 
@@ -103,7 +100,7 @@ func (c *claim) gone() bool {
 // hold registers a claimed operation so that the renewer keeps its lease
 // alive, and starts the renewer if it is not running.
 func (e *Engine) hold(op store.Operation, sent time.Time) *claim {
-	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{}), heldFrom: sent}
+	c := &claim{id: op.ID, token: op.Token, lost: make(chan struct{})}
 	c.wctx, c.wcancel = context.WithCancel(context.Background())
 	c.watchdog = time.AfterFunc(time.Until(sent.Add(giveUpAfter(e.cfg.LeaseDuration))), func() {
 		e.log.Warn("giving up a claim whose lease could not be renewed in time", slog.String("operation", c.id))
@@ -199,7 +196,6 @@ func (e *Engine) renewOnce(claims []*claim, leases []store.Lease) {
 		case store.LeaseHeld:
 			c.mu.Lock()
 			if !c.isLost {
-				c.heldFrom = sent
 				c.watchdog.Reset(time.Until(sent.Add(giveUpAfter(e.cfg.LeaseDuration))))
 			}
 			c.mu.Unlock()

@@ -25,57 +25,48 @@ const (
 	queueLeased
 )
 
-type readyQueue []*opRec
+// opQueue is a heap of operations ordered by less, each knowing its index
+// (opRec.idx) so it can be removed or moved in O(log n).
+type opQueue struct {
+	recs []*opRec
+	less func(a, b *opRec) bool
+}
 
-func (q readyQueue) Len() int { return len(q) }
-func (q readyQueue) Less(i, j int) bool {
-	a, b := store.DueAt(q[i].op), store.DueAt(q[j].op)
-	if !a.Equal(b) {
-		return a.Before(b)
+func (q *opQueue) Len() int           { return len(q.recs) }
+func (q *opQueue) Less(i, j int) bool { return q.less(q.recs[i], q.recs[j]) }
+func (q *opQueue) Swap(i, j int) {
+	q.recs[i], q.recs[j] = q.recs[j], q.recs[i]
+	q.recs[i].idx, q.recs[j].idx = i, j
+}
+func (q *opQueue) Push(x any) { r := x.(*opRec); r.idx = len(q.recs); q.recs = append(q.recs, r) }
+func (q *opQueue) Pop() any {
+	old := q.recs
+	r := old[len(old)-1]
+	old[len(old)-1] = nil
+	q.recs = old[:len(old)-1]
+	r.idx = -1
+	return r
+}
+
+// readyFirst orders the ready queue: the longest due first, then ID.
+func readyFirst(a, b *opRec) bool {
+	da, db := store.DueAt(a.op), store.DueAt(b.op)
+	if !da.Equal(db) {
+		return da.Before(db)
 	}
-	return q[i].op.ID < q[j].op.ID
-}
-func (q readyQueue) Swap(i, j int) {
-	q[i], q[j] = q[j], q[i]
-	q[i].idx, q[j].idx = i, j
-}
-func (q *readyQueue) Push(x any) { r := x.(*opRec); r.idx = len(*q); *q = append(*q, r) }
-func (q *readyQueue) Pop() any {
-	old := *q
-	r := old[len(old)-1]
-	old[len(old)-1] = nil
-	*q = old[:len(old)-1]
-	r.idx = -1
-	return r
+	return a.op.ID < b.op.ID
 }
 
-type leaseQueue []*opRec
-
-func (q leaseQueue) Len() int { return len(q) }
-func (q leaseQueue) Less(i, j int) bool {
-	return q[i].op.LeaseExpiresAt.Before(q[j].op.LeaseExpiresAt)
-}
-func (q leaseQueue) Swap(i, j int) {
-	q[i], q[j] = q[j], q[i]
-	q[i].idx, q[j].idx = i, j
-}
-func (q *leaseQueue) Push(x any) { r := x.(*opRec); r.idx = len(*q); *q = append(*q, r) }
-func (q *leaseQueue) Pop() any {
-	old := *q
-	r := old[len(old)-1]
-	old[len(old)-1] = nil
-	*q = old[:len(old)-1]
-	r.idx = -1
-	return r
-}
+// leaseEndsFirst orders the lease queue by the end of the lease.
+func leaseEndsFirst(a, b *opRec) bool { return a.op.LeaseExpiresAt.Before(b.op.LeaseExpiresAt) }
 
 // unqueue takes r out of whichever queue holds it (store held locked).
 func (s *Store) unqueue(r *opRec) {
 	switch r.queue {
 	case queueReady:
-		heap.Remove(&s.ready, r.idx)
+		heap.Remove(s.ready, r.idx)
 	case queueLeased:
-		heap.Remove(&s.leased, r.idx)
+		heap.Remove(s.leased, r.idx)
 	}
 	r.queue, r.idx = queueNone, -1
 }
@@ -89,20 +80,20 @@ func (s *Store) requeue(r *opRec, t time.Time) {
 	case r.op.State.Terminal():
 	case store.LeaseLive(r.op, t):
 		r.queue = queueLeased
-		heap.Push(&s.leased, r)
+		heap.Push(s.leased, r)
 	default:
 		r.queue = queueReady
-		heap.Push(&s.ready, r)
+		heap.Push(s.ready, r)
 	}
 }
 
 // expireLeases moves the operations whose lease ended by t to the ready
 // queue (store held locked).
 func (s *Store) expireLeases(t time.Time) {
-	for len(s.leased) > 0 && !t.Before(s.leased[0].op.LeaseExpiresAt) {
-		r := heap.Pop(&s.leased).(*opRec)
+	for s.leased.Len() > 0 && !t.Before(s.leased.recs[0].op.LeaseExpiresAt) {
+		r := heap.Pop(s.leased).(*opRec)
 		r.queue = queueReady
-		heap.Push(&s.ready, r)
+		heap.Push(s.ready, r)
 	}
 }
 
@@ -120,12 +111,12 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	s.expireLeases(t)
 	var out []store.Operation
 	var skipped []*opRec // refused by their batch: back in the queue afterwards
-	for len(out) < limit && len(s.ready) > 0 {
-		r := s.ready[0]
+	for len(out) < limit && s.ready.Len() > 0 {
+		r := s.ready.recs[0]
 		if t.Before(store.DueAt(r.op)) {
 			break // the earliest is not due: none is
 		}
-		heap.Pop(&s.ready)
+		heap.Pop(s.ready)
 		r.queue = queueNone
 		var b *store.Batch
 		if br := s.batches[r.op.BatchID]; br != nil {
@@ -158,9 +149,9 @@ func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return store.Operation{}, notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return store.Operation{}, err
 	}
 	t := now()
 	if err := store.CheckClaimOne(r.op, t); err != nil {
@@ -206,9 +197,9 @@ func (s *Store) ReleaseOperation(ctx context.Context, id string, token int64) er
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return err
 	}
 	clear, err := store.CheckRelease(r.op, token)
 	if err != nil || !clear {

@@ -52,8 +52,8 @@ type Store struct {
 	activeOp  map[string]string
 
 	// The claim path's queues (see claims.go).
-	ready  readyQueue
-	leased leaseQueue
+	ready  *opQueue // no live lease, by store.DueAt then ID
+	leased *opQueue // live lease, by its end
 }
 
 type batchRec struct {
@@ -85,6 +85,8 @@ func New() *Store {
 		ops:          map[string]*opRec{},
 		deviceOps:    map[string][]string{},
 		activeOp:     map[string]string{},
+		ready:        &opQueue{less: readyFirst},
+		leased:       &opQueue{less: leaseEndsFirst},
 	}
 }
 

@@ -130,9 +130,9 @@ func (s *Store) Operation(ctx context.Context, id string) (store.Operation, erro
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return store.Operation{}, notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return store.Operation{}, err
 	}
 	return cloneOp(r.op), nil
 }
@@ -198,6 +198,16 @@ func (s *Store) ListOperations(ctx context.Context, f store.OperationFilter) ([]
 	return out, nil
 }
 
+// opRec returns the record of operation id, or ErrNotFound (store held
+// locked, or read-locked).
+func (s *Store) opRec(id string) (*opRec, error) {
+	r, ok := s.ops[id]
+	if !ok {
+		return nil, notFound("operation", id)
+	}
+	return r, nil
+}
+
 // appendLogs appends lines to r's log (store held locked).
 func appendLogs(r *opRec, lines []string, t time.Time) {
 	for _, l := range lines {
@@ -217,9 +227,9 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return store.Operation{}, notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return store.Operation{}, err
 	}
 	next, err := s.update(r, u, now())
 	if err != nil {
@@ -259,9 +269,9 @@ func (s *Store) SetProgress(ctx context.Context, id string, token int64, percent
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return err
 	}
 	if err := store.CheckProgress(r.op, token, percent); err != nil {
 		return err
@@ -279,9 +289,9 @@ func (s *Store) AppendLog(ctx context.Context, id string, token int64, lines ...
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return err
 	}
 	if err := store.CheckToken(r.op, token); err != nil {
 		return err
@@ -300,9 +310,9 @@ func (s *Store) Logs(ctx context.Context, id string, afterSeq int64, limit int) 
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	r, ok := s.ops[id]
-	if !ok {
-		return nil, notFound("operation", id)
+	r, err := s.opRec(id)
+	if err != nil {
+		return nil, err
 	}
 	// Seq n is at index n-1.
 	start := min(max(afterSeq, 0), int64(len(r.logs)))
