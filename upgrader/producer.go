@@ -1,9 +1,9 @@
 package upgrader
 
 import (
+	"container/heap"
 	"log/slog"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"time"
 
@@ -18,8 +18,8 @@ import (
 type producer struct {
 	mu     sync.Mutex
 	hint   chan struct{}
-	wakes  []time.Time // retries this engine scheduled, earliest first
-	active int         // executors running
+	wakes  timeHeap // retries this engine scheduled, earliest on top
+	active int      // executors running
 }
 
 func (p *producer) init() { p.hint = make(chan struct{}, 1) }
@@ -35,8 +35,7 @@ func (p *producer) wake() {
 // wakeAt makes the producer look for work at t at the latest.
 func (p *producer) wakeAt(t time.Time) {
 	p.mu.Lock()
-	i, _ := slices.BinarySearchFunc(p.wakes, t, time.Time.Compare)
-	p.wakes = slices.Insert(p.wakes, i, t)
+	heap.Push(&p.wakes, t)
 	p.mu.Unlock()
 	p.wake()
 }
@@ -46,16 +45,28 @@ func (p *producer) wakeAt(t time.Time) {
 func (p *producer) nextWake(now time.Time) time.Time {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	i := 0
-	for i < len(p.wakes) && !now.Before(p.wakes[i]) {
-		i++
+	for len(p.wakes) > 0 && !now.Before(p.wakes[0]) {
+		heap.Pop(&p.wakes)
 	}
-	p.wakes = p.wakes[i:]
 	if len(p.wakes) == 0 {
-		p.wakes = nil
 		return time.Time{}
 	}
 	return p.wakes[0]
+}
+
+// timeHeap is a min-heap of times: O(log n) per retry scheduled, however
+// many wait.
+type timeHeap []time.Time
+
+func (h timeHeap) Len() int           { return len(h) }
+func (h timeHeap) Less(i, j int) bool { return h[i].Before(h[j]) }
+func (h timeHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *timeHeap) Push(x any)        { *h = append(*h, x.(time.Time)) }
+func (h *timeHeap) Pop() any {
+	old := *h
+	t := old[len(old)-1]
+	*h = old[:len(old)-1]
+	return t
 }
 
 // maxJittered bounds the intervals jitter spreads, so that its arithmetic
