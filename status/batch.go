@@ -12,8 +12,9 @@ type BatchState string
 const (
 	BatchIdle       BatchState = "idle"
 	BatchInProgress BatchState = "in-progress"
-	// BatchPaused is set explicitly when a rollout's failure threshold trips;
-	// it is never derived from operation counts. A paused batch can be resumed.
+	// BatchPaused is set explicitly, by an operator or by the store when a
+	// rollout's threshold trips (see PauseReason); it is never derived from
+	// operation counts. A paused batch can be resumed.
 	BatchPaused    BatchState = "paused"
 	BatchSuccess   BatchState = "success"
 	BatchFailed    BatchState = "failed"
@@ -40,6 +41,31 @@ func ParseBatchState(s string) (BatchState, error) {
 		return "", fmt.Errorf("status: unknown batch state %q (want one of %v)", s, batchStates)
 	}
 	return b, nil
+}
+
+// PauseReason says why a batch is paused.
+type PauseReason string
+
+// Pause reasons, persisted as these exact strings.
+const (
+	PauseNone PauseReason = ""
+	// PauseOperator: a user paused the batch.
+	PauseOperator PauseReason = "operator"
+	// PauseFailureThreshold: the failed and aborted operations of the
+	// current wave went over the rollout's failure threshold.
+	PauseFailureThreshold PauseReason = "failure-threshold"
+	// PauseSuccessThreshold: the current wave settled without reaching the
+	// rollout's success threshold, so the next wave does not start.
+	PauseSuccessThreshold PauseReason = "success-threshold"
+)
+
+// Valid reports whether r is a known pause reason (PauseNone included).
+func (r PauseReason) Valid() bool {
+	switch r {
+	case PauseNone, PauseOperator, PauseFailureThreshold, PauseSuccessThreshold:
+		return true
+	}
+	return false
 }
 
 // Counts holds how many of a batch's operations are in each state.

@@ -60,6 +60,9 @@ func ParseState(s string) (State, error) {
 //     of retries while waiting for their next attempt;
 //   - in-progress → success, failed, aborted, cancelled (an operation waiting
 //     for a retry stays in-progress, with no phase);
+//   - in-progress → pending, for a batch's operation whose device could not
+//     be reached before flashing: it waits for the device with its own long
+//     backoff (the store refuses this move at or after the flashing phase);
 //   - nothing out of a terminal state, and no move to the same state.
 func CanTransition(from, to State) bool {
 	if !from.Valid() || !to.Valid() || from == to {
@@ -69,7 +72,7 @@ func CanTransition(from, to State) bool {
 	case Pending:
 		return to == InProgress || to == Cancelled || to == Aborted || to == Failed
 	case InProgress:
-		return to.Terminal()
+		return to.Terminal() || to == Pending
 	}
 	return false // terminal
 }

@@ -22,7 +22,7 @@ func TestCanTransition(t *testing.T) {
 	)
 	allowed := map[[2]status.State]bool{
 		{P, I}: true, {P, C}: true, {P, A}: true, {P, F}: true,
-		{I, S}: true, {I, F}: true, {I, A}: true, {I, C}: true,
+		{I, S}: true, {I, F}: true, {I, A}: true, {I, C}: true, {I, P}: true,
 	}
 	all := append(status.States(), "", "bogus")
 	for _, from := range all {

@@ -60,9 +60,12 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 		if !status.CanTransition(op.State, u.State) {
 			return op, fmt.Errorf("%w: operation %s cannot go from %s to %s", ErrInvalidTransition, op.ID, op.State, u.State)
 		}
-		if op.Phase.AfterPointOfNoReturn() && (u.State == status.Cancelled || u.State == status.Aborted) {
+		if op.Phase.AfterPointOfNoReturn() && (u.State == status.Cancelled || u.State == status.Aborted || u.State == status.Pending) {
 			return op, fmt.Errorf("%w: operation %s is %s, past the point of no return: it can no longer be %s",
 				ErrInvalidTransition, op.ID, op.Phase, u.State)
+		}
+		if u.State == status.Pending { // back to waiting: no phase, no progress
+			next.Phase, next.Progress = status.PhaseNone, 0
 		}
 		next.State = u.State
 		next.Reason = u.Reason
@@ -74,7 +77,7 @@ func ApplyUpdate(op Operation, u OperationUpdate, now time.Time) (Operation, err
 			next.LeaseExpiresAt = time.Time{} // the lease ends with the operation
 		}
 	}
-	if u.Phase != nil && *u.Phase != op.Phase {
+	if u.Phase != nil && *u.Phase != next.Phase {
 		if next.State != status.InProgress {
 			return op, fmt.Errorf("%w: operation %s would be %s; only in-progress operations change phase",
 				ErrInvalidTransition, op.ID, next.State)
@@ -143,17 +146,12 @@ func CheckProgress(op Operation, token int64, percent int) error {
 
 // NextBatchState returns the state a batch in state cur moves to when its
 // operations are counted as c: the derived state, except that a paused batch
-// stays paused while operations remain to run, and an idle batch stays idle
-// while none of its operations has started (some may have been cancelled).
+// stays paused and an idle batch (not started) stays idle while operations
+// remain to run.
 func NextBatchState(cur status.BatchState, c status.Counts) status.BatchState {
 	d := status.DeriveBatchState(c)
-	if cur == status.BatchPaused && d == status.BatchInProgress {
-		return status.BatchPaused
-	}
-	if cur == status.BatchIdle && d == status.BatchInProgress && c[status.InProgress] == 0 &&
-		c[status.Success]+c[status.Failed]+c[status.Aborted] == 0 {
-		// Nothing has run yet: operations only waited or were cancelled.
-		return status.BatchIdle
+	if (cur == status.BatchPaused || cur == status.BatchIdle) && d == status.BatchInProgress {
+		return cur
 	}
 	return d
 }
@@ -161,7 +159,7 @@ func NextBatchState(cur status.BatchState, c status.Counts) status.BatchState {
 // CheckBatchJoin validates adding an operation to an existing batch with
 // CreateOperation: a batch that ended takes no more operations.
 func CheckBatchJoin(b Batch) error {
-	if b.State.Terminal() {
+	if b.State.Terminal() || b.CancelRequested {
 		return fmt.Errorf("%w: batch %s is %s and takes no more operations", ErrInvalidTransition, b.ID, b.State)
 	}
 	return nil
@@ -179,11 +177,35 @@ func CheckBatchStateChange(b Batch, from, to status.BatchState) error {
 		return fmt.Errorf("%w: batch %s is %s, not %s", ErrInvalidTransition, b.ID, b.State, from)
 	}
 	ok := (from == status.BatchInProgress && to == status.BatchPaused) ||
-		(from == status.BatchPaused && to == status.BatchInProgress)
+		(from == status.BatchPaused && to == status.BatchInProgress) ||
+		(from == status.BatchIdle && to == status.BatchInProgress)
 	if !ok {
 		return fmt.Errorf("%w: batch %s cannot be set from %s to %s", ErrInvalidTransition, b.ID, from, to)
 	}
+	if b.CancelRequested {
+		return fmt.Errorf("%w: batch %s is being cancelled", ErrInvalidTransition, b.ID)
+	}
 	return nil
+}
+
+// ApplyBatchState returns b after a SetBatchState call CheckBatchStateChange
+// accepted: a pause is an operator's; starting or resuming clears the pause
+// reason, and resuming a batch paused by its success threshold accepts the
+// settled wave and starts the next one.
+func ApplyBatchState(b Batch, to status.BatchState, now time.Time) Batch {
+	from := b.State
+	b.State, b.UpdatedAt = to, now
+	switch {
+	case to == status.BatchPaused:
+		b.PauseReason = status.PauseOperator
+	case from == status.BatchPaused:
+		if b.PauseReason == status.PauseSuccessThreshold && b.Wave < len(b.WaveTallies)-1 {
+			b.Wave++
+			b.WaveSettledAt = time.Time{}
+		}
+		b.PauseReason = status.PauseNone
+	}
+	return b
 }
 
 // ImageFitsOrganization reports whether an image of organization imageOrg

@@ -55,7 +55,9 @@ type Claims interface {
 	// when fewer are runnable), the longest due first (see DueAt), then in
 	// ID order. An operation is runnable when it is pending or in progress,
 	// holds no live lease (none, or an expired one), its NextAttemptAt has
-	// come, and ClaimAllowed accepts it in its batch. Every claim
+	// come, and its batch's rollout lets it start now (ClaimAllowed, checked
+	// in the same atomic step as the claim, so the rollout holds however many
+	// engines claim). Every claim
 	// increments the operation's Token, sets LeaseOwner and LeaseExpiresAt
 	// and counts as a change of the record (Version). Concurrent calls never
 	// return the same operation twice while its lease lives. limit must be
@@ -126,21 +128,6 @@ func DueAt(op Operation) time.Time {
 func Runnable(op Operation, now time.Time) bool {
 	return (op.State == status.Pending || op.State == status.InProgress) &&
 		!LeaseLive(op, now) && !now.Before(op.NextAttemptAt)
-}
-
-// ClaimAllowed reports whether the batch b (nil for an operation outside
-// any batch) lets op be claimed now. Today: a paused batch starts no
-// pending operation (operations already in progress go on: they may be
-// waiting for a retry or for verification). The rollout policy (caps,
-// rates, waves, schedules) is enforced here.
-func ClaimAllowed(b *Batch, op Operation) bool {
-	if b == nil {
-		return true
-	}
-	if b.State == status.BatchPaused && op.State == status.Pending {
-		return false
-	}
-	return !b.State.Terminal()
 }
 
 // ApplyClaim returns op claimed by owner at now for lease: the next token,

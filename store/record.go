@@ -120,14 +120,34 @@ type Batch struct {
 	BuildID      string
 	Name         string
 	State        status.BatchState
-	// Options holds the engine's rollout settings and the upgrade options, as
-	// a JSON object. Stores keep it verbatim.
+	// Options holds the upgrade options of the batch's operations, as a
+	// JSON object. Stores keep it verbatim.
 	Options json.RawMessage
+	// Rollout is the batch's rollout policy, enforced by the store at claim
+	// time.
+	Rollout Rollout
 	// Counts of the batch's operations per state, filled in by the store on
 	// every read.
-	Counts    status.Counts
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	Counts status.Counts
+
+	// The fields below are kept by the store; a new batch leaves them zero.
+
+	// Wave is the current wave (0-based): operations of this wave and of
+	// earlier ones may start.
+	Wave int
+	// WaveTallies counts the operations of each wave; its length is the
+	// number of waves.
+	WaveTallies []WaveTally
+	// WaveSettledAt is when the current wave settled (zero while it has
+	// not): the next wave starts Rollout.WaveWait after it.
+	WaveSettledAt time.Time
+	// PauseReason says why a paused batch is paused.
+	PauseReason status.PauseReason
+	// CancelRequested is set by CancelBatch: nothing of the batch starts
+	// again; operations at or after flashing finish and are verified.
+	CancelRequested bool
+	CreatedAt       time.Time
+	UpdatedAt       time.Time
 }
 
 // Operation is the upgrade of one device to one image.
@@ -137,6 +157,9 @@ type Operation struct {
 	DeviceID     string
 	ImageID      string
 	BatchID      string // "" for a single upgrade
+	// Wave is the operation's wave in its batch (0-based), set by the store
+	// from the operation's position in CreateBatch.
+	Wave int
 	State        status.State
 	// Phase reached; kept after the operation ends, so a terminal operation
 	// tells how far it got.
@@ -361,6 +384,12 @@ func (b Batch) Validate() error {
 	if b.State != "" && b.State != status.BatchIdle && b.State != status.BatchInProgress {
 		return invalid("batch", "State", "a new batch starts idle or in-progress, got %q", b.State)
 	}
+	if b.Wave != 0 || b.WaveTallies != nil || !b.WaveSettledAt.IsZero() || b.PauseReason != "" || b.CancelRequested {
+		return invalid("batch", "Wave", "a new batch has no wave, pause or cancel state (the store keeps them)")
+	}
+	if err := b.Rollout.Validate(); err != nil {
+		return err
+	}
 	return checkOptions("batch", b.Options)
 }
 
@@ -393,6 +422,9 @@ func (op Operation) Validate() error {
 	}
 	if op.Attempt < 0 {
 		return invalid("operation", "Attempt", "is negative (%d)", op.Attempt)
+	}
+	if op.Wave != 0 {
+		return invalid("operation", "Wave", "is set by the store, got %d", op.Wave)
 	}
 	if op.Token != 0 || op.LeaseOwner != "" || !op.LeaseExpiresAt.IsZero() {
 		return invalid("operation", "Token", "a new operation has no claim")

@@ -149,15 +149,39 @@ type Batches interface {
 	// batch with an organization takes only devices of that organization
 	// (ErrOrganizationMismatch otherwise); every image must belong to the
 	// batch's build (a *ValidationError on field "ImageID" otherwise). The
-	// batch starts in b.State, idle when empty.
+	// batch starts in b.State, idle when empty; an idle batch starts no
+	// operation until SetBatchState starts it. The operations are split
+	// into waves in the order given (WaveSizes of b.Rollout.Waves): each
+	// gets its Wave, and the batch its WaveTallies. An operation that
+	// CreateOperation adds later joins the last wave.
 	CreateBatch(ctx context.Context, b Batch, ops []Operation) (Batch, []Operation, error)
 	Batch(ctx context.Context, id string) (Batch, error)
 	ListBatches(ctx context.Context, f BatchFilter) ([]Batch, error)
 	// SetBatchState changes a batch's state explicitly, compare-and-set on
-	// from: only in-progress → paused (a failure threshold tripped) and
-	// paused → in-progress (resume) are allowed; every other change is
-	// derived from the operations. Otherwise ErrInvalidTransition.
+	// from: only idle → in-progress (start), in-progress → paused (an
+	// operator's pause, status.PauseOperator) and paused → in-progress
+	// (resume) are allowed, and none once CancelBatch was called; every
+	// other change is derived from the operations. Otherwise
+	// ErrInvalidTransition. The change follows ApplyBatchState.
 	SetBatchState(ctx context.Context, id string, from, to status.BatchState) (Batch, error)
+	// SetRollout replaces the rollout of a batch that has not ended and
+	// was not cancelled (ErrInvalidTransition otherwise), keeping its waves
+	// (a change of Rollout.Waves is ErrInvalidTransition): see
+	// CheckRolloutChange. The new limits apply from the next claim.
+	SetRollout(ctx context.Context, id string, r Rollout) (Batch, error)
+	// CancelBatch cancels a batch atomically: it sets CancelRequested (no
+	// operation of the batch starts again) and cancels every operation
+	// that is pending or in progress before status.PhaseFlashing, as
+	// CancelInBatch says; the holders of those learn it at their next
+	// renewal or write. Operations at or after flashing finish and are
+	// verified. It returns the batch and the operations it cancelled. A
+	// batch that ended is ErrInvalidTransition.
+	CancelBatch(ctx context.Context, id string) (Batch, []Operation, error)
+	// AdvanceBatches applies NextWave, compare-and-set, to up to limit
+	// batches in progress, on the store's clock, and returns the batches
+	// it changed (a wave that settled, a wave started, a pause for the
+	// success threshold). Several engines may call it at once.
+	AdvanceBatches(ctx context.Context, limit int) ([]Batch, error)
 }
 
 // OperationUpdate is a compare-and-set change of an operation: it applies

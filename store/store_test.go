@@ -259,7 +259,8 @@ func TestNextBatchState(t *testing.T) {
 	done := status.Counts{status.Success: 1, status.Failed: 1}
 	assert.Equal(t, status.BatchPaused, store.NextBatchState(status.BatchPaused, running), "paused while work remains")
 	assert.Equal(t, status.BatchFailed, store.NextBatchState(status.BatchPaused, done), "ends when all ended")
-	assert.Equal(t, status.BatchInProgress, store.NextBatchState(status.BatchIdle, running))
+	assert.Equal(t, status.BatchIdle, store.NextBatchState(status.BatchIdle, running), "idle until started")
+	assert.Equal(t, status.BatchCancelled, store.NextBatchState(status.BatchIdle, status.Counts{status.Cancelled: 2}), "ends when all ended")
 	assert.Equal(t, status.BatchInProgress, store.NextBatchState(status.BatchInProgress, running))
 	assert.Equal(t, status.BatchSuccess, store.NextBatchState(status.BatchInProgress, status.Counts{status.Success: 2}))
 }
@@ -269,7 +270,8 @@ func TestCheckBatchStateChange(t *testing.T) {
 	for _, from := range status.BatchStates() {
 		for _, to := range status.BatchStates() {
 			err := store.CheckBatchStateChange(store.Batch{ID: "b", State: from}, from, to)
-			ok := (from == status.BatchInProgress && to == status.BatchPaused) || (from == status.BatchPaused && to == status.BatchInProgress)
+			ok := (from == status.BatchInProgress && to == status.BatchPaused) || (from == status.BatchPaused && to == status.BatchInProgress) ||
+				(from == status.BatchIdle && to == status.BatchInProgress)
 			if ok {
 				assert.NoError(t, err, "%s → %s", from, to)
 			} else {

@@ -232,7 +232,7 @@ func TestStopBoundedDespiteHungBatchRead(t *testing.T) {
 	eng := reviewEngine(t, b, hs, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	_, ops, err := b.st.CreateBatch(ctx, store.Batch{BuildID: b.build.ID, Organization: "org1", Name: "b"},
+	_, ops, err := b.st.CreateBatch(ctx, store.Batch{BuildID: b.build.ID, Organization: "org1", Name: "b", State: status.BatchInProgress},
 		[]store.Operation{{DeviceID: b.device.ID, ImageID: b.image.ID}})
 	require.NoError(t, err)
 	hs.armed.Store(true)

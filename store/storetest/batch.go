@@ -11,16 +11,27 @@ import (
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
-// newBatch creates a batch of organization org with one operation per new
-// device of org, all on one new image of org.
+// newBatch creates a started batch (in progress) of organization org with
+// one operation per new device of org, all on one new image of org.
 func (f *fixture) newBatch(org string, n int) (store.Batch, []store.Operation) {
+	f.t.Helper()
+	return f.newBatchIn(org, n, status.BatchInProgress)
+}
+
+// newIdleBatch is newBatch for a batch not started.
+func (f *fixture) newIdleBatch(org string, n int) (store.Batch, []store.Operation) {
+	f.t.Helper()
+	return f.newBatchIn(org, n, "")
+}
+
+func (f *fixture) newBatchIn(org string, n int, st status.BatchState) (store.Batch, []store.Operation) {
 	f.t.Helper()
 	im := f.imageOf(org)
 	ops := make([]store.Operation, n)
 	for i := range ops {
 		ops[i] = store.Operation{DeviceID: f.device(org).ID, ImageID: im.ID}
 	}
-	b, out, err := f.s.CreateBatch(f.ctx, store.Batch{Organization: org, BuildID: im.BuildID, Name: f.uniq("batch")}, ops)
+	b, out, err := f.s.CreateBatch(f.ctx, store.Batch{Organization: org, BuildID: im.BuildID, Name: f.uniq("batch"), State: st}, ops)
 	require.NoError(f.t, err)
 	require.Len(f.t, out, n)
 	return b, out
@@ -178,7 +189,7 @@ func batchTests() []test {
 			assert.Equal(t, status.BatchInProgress, f.batch(b.ID).State)
 		}},
 		{"SetBatchStateRefused", func(t *testing.T, f *fixture) {
-			idle, _ := f.newBatch("org-a", 1)
+			idle, _ := f.newIdleBatch("org-a", 1)
 			running, rops := f.newBatch("org-a", 2)
 			f.start(rops[0].ID, status.PhaseConnecting)
 			done, dops := f.newBatch("org-a", 1)
@@ -190,7 +201,6 @@ func batchTests() []test {
 				from, to status.BatchState
 			}{
 				{idle.ID, status.BatchIdle, status.BatchPaused},
-				{idle.ID, status.BatchIdle, status.BatchInProgress},
 				{idle.ID, status.BatchInProgress, status.BatchPaused}, // wrong from
 				{running.ID, status.BatchInProgress, status.BatchSuccess},
 				{running.ID, status.BatchInProgress, status.BatchCancelled},
@@ -240,14 +250,25 @@ func batchTests() []test {
 				assert.Equal(t, org, ops[0].Organization)
 			}
 		}},
-		{"IdleUntilAnOperationStarts", func(t *testing.T, f *fixture) {
-			b, ops := f.newBatch("org-a", 3)
+		{"IdleUntilStarted", func(t *testing.T, f *fixture) {
+			b, ops := f.newIdleBatch("org-a", 3)
 			f.update(ops[0].ID, store.OperationUpdate{From: status.Pending, State: status.Cancelled, Reason: status.ReasonCancelledByUser})
 			got := f.batch(b.ID)
-			assert.Equal(t, status.BatchIdle, got.State, "only waiting and cancelled operations: nothing ran")
+			assert.Equal(t, status.BatchIdle, got.State, "not started")
 			assert.Equal(t, map[status.State]int{status.Pending: 2, status.Cancelled: 1}, nonZero(got.Counts))
-			f.start(ops[1].ID, status.PhaseConnecting)
+			f.start(ops[1].ID, status.PhaseConnecting) // run directly, not through a claim
+			assert.Equal(t, status.BatchIdle, f.batch(b.ID).State, "an operation run directly does not start the batch")
+			got, err := f.s.SetBatchState(f.ctx, b.ID, status.BatchIdle, status.BatchInProgress)
+			require.NoError(t, err)
+			assert.Equal(t, status.BatchInProgress, got.State)
 			assert.Equal(t, status.BatchInProgress, f.batch(b.ID).State)
+		}},
+		{"IdleEndsWhenAllEnd", func(t *testing.T, f *fixture) {
+			b, ops := f.newIdleBatch("org-a", 2)
+			for _, op := range ops {
+				f.update(op.ID, store.OperationUpdate{From: status.Pending, State: status.Cancelled, Reason: status.ReasonCancelledByUser})
+			}
+			assert.Equal(t, status.BatchCancelled, f.batch(b.ID).State)
 		}},
 		{"JoinWithCreateOperation", func(t *testing.T, f *fixture) {
 			b, ops := f.newBatch("org-a", 1)

@@ -213,8 +213,8 @@ func listTests() []test {
 		}},
 		{"Batches", func(t *testing.T, f *fixture) {
 			a1, a1ops := f.newBatch("org-a", 1)
-			a2, _ := f.newBatch("org-a", 1)
-			b1, _ := f.newBatch("org-b", 1)
+			a2, _ := f.newIdleBatch("org-a", 1)
+			b1, _ := f.newIdleBatch("org-b", 1)
 			f.start(a1ops[0].ID, status.PhaseConnecting)
 			for _, tc := range []struct {
 				name string

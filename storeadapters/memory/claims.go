@@ -13,12 +13,9 @@ import (
 
 var _ store.Claims = (*Store)(nil)
 
-// Where a non-terminal operation waits, for the claim path: in the ready
-// queue (no live lease, ordered by store.DueAt then ID) or in the lease
-// queue (ordered by the end of its lease). A claim first moves the leases
-// that ended to the ready queue, then pops ready operations: no scan of the
-// whole store, so claiming stays O(log n) per operation however many are
-// pending.
+// Where a non-terminal operation waits, for the claim path: in a lane of
+// ready operations (no live lease) or in the lease queue (ordered by the end
+// of its lease). See lanes.go.
 const (
 	queueNone = iota
 	queueReady
@@ -48,7 +45,7 @@ func (q *opQueue) Pop() any {
 	return r
 }
 
-// readyFirst orders the ready queue: the longest due first, then ID.
+// readyFirst orders a lane: the longest due first, then ID.
 func readyFirst(a, b *opRec) bool {
 	da, db := store.DueAt(a.op), store.DueAt(b.op)
 	if !da.Equal(db) {
@@ -64,16 +61,17 @@ func leaseEndsFirst(a, b *opRec) bool { return a.op.LeaseExpiresAt.Before(b.op.L
 func (s *Store) unqueue(r *opRec) {
 	switch r.queue {
 	case queueReady:
-		heap.Remove(s.ready, r.idx)
+		s.leaveLane(r)
 	case queueLeased:
 		heap.Remove(s.leased, r.idx)
+		s.stopRunning(r)
 	}
 	r.queue, r.idx = queueNone, -1
 }
 
 // requeue puts r where its record says it belongs (store held locked):
-// nowhere when terminal, the lease queue while its lease lives, the ready
-// queue otherwise.
+// nowhere when terminal, the lease queue while its lease lives, its lane
+// otherwise.
 func (s *Store) requeue(r *opRec, t time.Time) {
 	s.unqueue(r)
 	switch {
@@ -81,23 +79,26 @@ func (s *Store) requeue(r *opRec, t time.Time) {
 	case store.LeaseLive(r.op, t):
 		r.queue = queueLeased
 		heap.Push(s.leased, r)
+		s.startRunning(r)
 	default:
-		r.queue = queueReady
-		heap.Push(s.ready, r)
+		s.enterLane(r)
 	}
 }
 
-// expireLeases moves the operations whose lease ended by t to the ready
-// queue (store held locked).
+// expireLeases moves the operations whose lease ended by t to their lanes
+// (store held locked).
 func (s *Store) expireLeases(t time.Time) {
 	for s.leased.Len() > 0 && !t.Before(s.leased.recs[0].op.LeaseExpiresAt) {
 		r := heap.Pop(s.leased).(*opRec)
-		r.queue = queueReady
-		heap.Push(s.ready, r)
+		r.queue = queueNone
+		s.stopRunning(r)
+		s.enterLane(r)
 	}
 }
 
-// ClaimOperations implements store.Claims.
+// ClaimOperations implements store.Claims. Lanes are taken in the order of
+// their longest-due operation; a lane its batch holds back is set aside for
+// the rest of the call, so a capped batch of any size costs one check.
 func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Operation, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
@@ -109,32 +110,27 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	defer s.mu.Unlock()
 	t := now()
 	s.expireLeases(t)
-	var out []store.Operation
-	var skipped []*opRec // refused by their batch: back in the queue afterwards
-	for len(out) < limit && s.ready.Len() > 0 {
-		r := s.ready.recs[0]
+	out := []store.Operation{}
+	var aside []*lane // held back by their batch: back in the heap afterwards
+	for len(out) < limit && s.lanes.Len() > 0 {
+		ln := s.lanes.items[0]
+		r := ln.ops.recs[0]
 		if t.Before(store.DueAt(r.op)) {
 			break // the earliest is not due: none is
 		}
-		heap.Pop(s.ready)
-		r.queue = queueNone
-		var b *store.Batch
-		if br := s.batches[r.op.BatchID]; br != nil {
-			b = &br.b
-		}
-		if !store.ClaimAllowed(b, r.op) {
-			skipped = append(skipped, r)
+		if !s.laneAllowed(ln, r, t) {
+			heap.Pop(s.lanes)
+			aside = append(aside, ln)
 			continue
 		}
+		s.unqueue(r)
 		r.op = store.ApplyClaim(r.op, owner, t, lease)
+		s.started(r, t)
 		s.requeue(r, t)
 		out = append(out, cloneOp(r.op))
 	}
-	for _, r := range skipped {
-		s.requeue(r, t)
-	}
-	if out == nil {
-		out = []store.Operation{}
+	for _, ln := range aside {
+		heap.Push(s.lanes, ln)
 	}
 	return out, nil
 }

@@ -9,7 +9,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
@@ -51,22 +50,33 @@ type Store struct {
 	deviceOps map[string][]string
 	activeOp  map[string]string
 
-	// The claim path's queues (see claims.go).
-	ready  *opQueue // no live lease, by store.DueAt then ID
-	leased *opQueue // live lease, by its end
+	// The claim path's queues (see claims.go and lanes.go).
+	lanes     *laneHeap // lanes of ready operations, by their longest due
+	laneByKey map[laneKey]*lane
+	leased    *opQueue // live lease, by its end
 }
 
 type batchRec struct {
-	b      store.Batch // Counts unused here; see counts
-	counts status.Counts
-	ops    []string
+	b   store.Batch // with its Counts and WaveTallies kept up to date
+	ops []string
+	// running counts the operations holding a live lease, in all and by
+	// group (Rollout.GroupBy); starts holds the times of recent starts, for
+	// the start rate.
+	running      int
+	groupRunning map[string]int
+	starts       []time.Time
 }
 
 type opRec struct {
 	op    store.Operation
 	logs  []store.LogEntry
-	queue int // queueNone, queueReady or queueLeased
-	idx   int // index in that queue
+	queue int   // queueNone, queueReady or queueLeased
+	idx   int   // index in that queue
+	lane  *lane // when queueReady
+	// runBatch and runGroup: where the operation counts as running while
+	// it is in the lease queue.
+	runBatch *batchRec
+	runGroup string
 }
 
 // New returns an empty store.
@@ -85,7 +95,8 @@ func New() *Store {
 		ops:          map[string]*opRec{},
 		deviceOps:    map[string][]string{},
 		activeOp:     map[string]string{},
-		ready:        &opQueue{less: readyFirst},
+		lanes:        &laneHeap{},
+		laneByKey:    map[laneKey]*lane{},
 		leased:       &opQueue{less: leaseEndsFirst},
 	}
 }
@@ -118,8 +129,25 @@ func cloneOp(op store.Operation) store.Operation {
 func (r *batchRec) out() store.Batch {
 	b := r.b
 	b.Options = slices.Clone(b.Options)
-	b.Counts = maps.Clone(r.counts)
+	b.Counts = maps.Clone(r.b.Counts)
+	b.Rollout = cloneRollout(b.Rollout)
+	b.WaveTallies = slices.Clone(b.WaveTallies)
+	for i := range b.WaveTallies {
+		b.WaveTallies[i].Counts = maps.Clone(b.WaveTallies[i].Counts)
+	}
 	return b
+}
+
+func cloneRollout(r store.Rollout) store.Rollout {
+	r.Waves = slices.Clone(r.Waves)
+	r.Windows = slices.Clone(r.Windows)
+	if r.FailureThreshold != nil {
+		r.FailureThreshold = store.Ptr(*r.FailureThreshold)
+	}
+	if r.SuccessThreshold != nil {
+		r.SuccessThreshold = store.Ptr(*r.SuccessThreshold)
+	}
+	return r
 }
 
 // ---- listing helpers ----

@@ -97,30 +97,24 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 	if err != nil {
 		return store.Operation{}, err
 	}
+	if br != nil {
+		op.Wave = len(br.b.WaveTallies) - 1 // joins the last wave
+		br.b.WaveTallies[op.Wave].Size++
+	}
 	s.insertOp(op)
 	if br != nil {
 		br.ops = append(br.ops, op.ID)
-		s.count(br, "", op.State, t)
+		s.tally(br, nil, op, t)
 	}
 	return cloneOp(op), nil
 }
 
-// count moves one operation of the batch from state from ("" = new) to
-// state to and recomputes the batch's state.
-func (s *Store) count(br *batchRec, from, to status.State, t time.Time) {
-	if from == to {
-		return
-	}
-	if from != "" {
-		if br.counts[from]--; br.counts[from] <= 0 {
-			delete(br.counts, from)
-		}
-	}
-	br.counts[to]++
-	if next := store.NextBatchState(br.b.State, br.counts); next != br.b.State {
-		br.b.State = next
-		br.b.UpdatedAt = t
-	}
+// tally counts one operation of the batch moving from old (nil = new) to
+// cur, and applies the batch rules (derived state, failure threshold).
+func (s *Store) tally(br *batchRec, old *store.Operation, cur store.Operation, t time.Time) {
+	store.Tally(&br.b, old, cur)
+	failedNow := (cur.State == status.Failed || cur.State == status.Aborted) && (old == nil || old.State != cur.State)
+	br.b = store.AfterOperationChange(br.b, cur.Wave, failedNow, t)
 }
 
 // Operation implements store.Operations.
@@ -248,7 +242,8 @@ func (s *Store) update(r *opRec, u store.OperationUpdate, t time.Time) (store.Op
 	prev := r.op
 	r.op = next
 	appendLogs(r, u.Log, t)
-	if next.State != prev.State || !next.NextAttemptAt.Equal(prev.NextAttemptAt) {
+	if next.State != prev.State || !next.NextAttemptAt.Equal(prev.NextAttemptAt) ||
+		next.Phase.AfterPointOfNoReturn() != prev.Phase.AfterPointOfNoReturn() {
 		s.requeue(r, t)
 	}
 	if next.State != prev.State {
@@ -256,7 +251,7 @@ func (s *Store) update(r *opRec, u store.OperationUpdate, t time.Time) (store.Op
 			delete(s.activeOp, next.DeviceID)
 		}
 		if br := s.batches[next.BatchID]; br != nil {
-			s.count(br, prev.State, next.State, t)
+			s.tally(br, &prev, next, t)
 		}
 	}
 	return next, nil
@@ -363,28 +358,40 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 	}
 	t := now()
 	b.Options = slices.Clone(b.Options)
-	b.Counts = nil
+	b.Rollout = cloneRollout(b.Rollout)
 	b.CreatedAt, b.UpdatedAt = t, t
+	sizes := store.WaveSizes(b.Rollout.Waves, len(ops))
+	b.Counts = status.Counts{status.Pending: len(ops)}
+	b.WaveTallies = make([]store.WaveTally, len(sizes))
 	prepared := make([]store.Operation, 0, len(ops))
 	busy := make(map[string]bool, len(ops))
 	ids := make(map[string]bool, len(ops))
+	wave, left := 0, sizes[0]
 	for _, op := range ops {
 		p, err := s.prepareOp(op, &b, busy, ids, t)
 		if err != nil {
 			return store.Batch{}, nil, err
 		}
+		if left == 0 {
+			wave++
+			left = sizes[wave]
+		}
+		p.Wave = wave
+		left--
 		busy[p.DeviceID], ids[p.ID] = true, true
 		prepared = append(prepared, p)
 	}
-	br := &batchRec{b: b, counts: status.Counts{}, ops: make([]string, 0, len(prepared))}
+	for i, n := range sizes {
+		b.WaveTallies[i] = store.WaveTally{Size: n, Counts: status.Counts{status.Pending: n}}
+	}
+	br := &batchRec{b: b, ops: make([]string, 0, len(prepared)), groupRunning: map[string]int{}}
+	s.batches[b.ID] = br // before the operations enter their lanes
 	out := make([]store.Operation, len(prepared))
 	for i, op := range prepared {
 		s.insertOp(op)
 		br.ops = append(br.ops, op.ID)
 		out[i] = cloneOp(op)
 	}
-	br.counts[status.Pending] = len(prepared)
-	s.batches[b.ID] = br
 	return br.out(), out, nil
 }
 
@@ -438,7 +445,87 @@ func (s *Store) SetBatchState(ctx context.Context, id string, from, to status.Ba
 	if err := store.CheckBatchStateChange(br.b, from, to); err != nil {
 		return store.Batch{}, err
 	}
-	br.b.State = to
-	br.b.UpdatedAt = now()
+	br.b = store.ApplyBatchState(br.b, to, now())
 	return br.out(), nil
+}
+
+// SetRollout implements store.Batches with store.CheckRolloutChange.
+func (s *Store) SetRollout(ctx context.Context, id string, r store.Rollout) (store.Batch, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Batch{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	br, ok := s.batches[id]
+	if !ok {
+		return store.Batch{}, notFound("batch", id)
+	}
+	if err := store.CheckRolloutChange(br.b, r); err != nil {
+		return store.Batch{}, err
+	}
+	old := br.b.Rollout
+	br.b.Rollout = cloneRollout(r)
+	br.b.UpdatedAt = now()
+	if old.GroupBy != r.GroupBy || (old.GroupLimit > 0) != (r.GroupLimit > 0) {
+		s.regroup(br)
+		s.relane(br)
+	}
+	return br.out(), nil
+}
+
+// CancelBatch implements store.Batches with store.CancelInBatch.
+func (s *Store) CancelBatch(ctx context.Context, id string) (store.Batch, []store.Operation, error) {
+	if err := ctxErr(ctx); err != nil {
+		return store.Batch{}, nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	br, ok := s.batches[id]
+	if !ok {
+		return store.Batch{}, nil, notFound("batch", id)
+	}
+	if err := store.CheckBatchCancel(br.b); err != nil {
+		return store.Batch{}, nil, err
+	}
+	t := now()
+	br.b.CancelRequested = true
+	br.b.UpdatedAt = t
+	var out []store.Operation
+	for _, opID := range br.ops {
+		r := s.ops[opID]
+		u, ok := store.CancelInBatch(r.op)
+		if !ok {
+			continue
+		}
+		next, err := s.update(r, u, t)
+		if err != nil { // cannot happen: CancelInBatch checked the state
+			return store.Batch{}, nil, err
+		}
+		out = append(out, cloneOp(next))
+	}
+	return br.out(), out, nil
+}
+
+// AdvanceBatches implements store.Batches with store.NextWave.
+func (s *Store) AdvanceBatches(ctx context.Context, limit int) ([]store.Batch, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if limit <= 0 {
+		return nil, &store.ValidationError{Record: "batch", Field: "Limit", Problem: fmt.Sprintf("must be positive, got %d", limit)}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	t := now()
+	var out []store.Batch
+	for _, br := range s.batches {
+		if len(out) == limit {
+			break
+		}
+		if next, changed := store.NextWave(br.b, t); changed {
+			br.b = next
+			out = append(out, br.out())
+		}
+	}
+	return out, nil
 }

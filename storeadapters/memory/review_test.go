@@ -48,7 +48,8 @@ func walk(t *testing.T, seed uint64) {
 		require.NoError(t, err)
 		ops = append(ops, store.Operation{DeviceID: d.ID, ImageID: im.ID})
 	}
-	_, created, err := s.CreateBatch(ctx, store.Batch{BuildID: b.ID, State: status.BatchInProgress}, ops[:6])
+	_, created, err := s.CreateBatch(ctx, store.Batch{BuildID: b.ID, State: status.BatchInProgress,
+		Rollout: store.Rollout{Waves: []store.WaveSize{{Count: 2}, {Percent: 100}}}}, ops[:6])
 	require.NoError(t, err)
 	ids := make([]string, 0, len(ops))
 	for _, op := range created {
@@ -71,7 +72,7 @@ func walk(t *testing.T, seed uint64) {
 		op, err := s.Operation(ctx, id)
 		require.NoError(t, err)
 		var what string
-		switch r.IntN(10) {
+		switch r.IntN(11) {
 		case 0:
 			what = "claim-one"
 			if c, err := s.ClaimOperation(ctx, id, "o1", lease()); err == nil {
@@ -121,6 +122,10 @@ func walk(t *testing.T, seed uint64) {
 					_, _ = s.SetBatchState(ctx, bt.ID, bt.State, status.BatchInProgress)
 				}
 			}
+		case 9:
+			what = "advance"
+			_, err := s.AdvanceBatches(ctx, 10)
+			require.NoError(t, err)
 		default:
 			what = "claim"
 		}
@@ -136,7 +141,7 @@ func walk(t *testing.T, seed uint64) {
 				require.NoError(t, err)
 				bp = &bt
 			}
-			if store.Runnable(o, now) && store.ClaimAllowed(bp, o) {
+			if store.Runnable(o, now) && store.ClaimAllowed(bp, store.BatchUse{}, o, now) {
 				want = append(want, o.ID)
 			}
 		}

@@ -1,0 +1,178 @@
+package memory
+
+import (
+	"container/heap"
+	"time"
+
+	"github.com/fwupgrader/fwupgrader/store"
+)
+
+// Ready operations wait in lanes: one lane per (batch, wave, group), and
+// one free lane for operations outside any batch and for those at or after
+// flashing (never held back: their flash must be verified). Every
+// operation of a lane gets the same answer from store.ClaimAllowed, so a
+// claim asks once per lane, not once per operation: a batch of 100,000
+// operations capped at 10 costs one check per claim, not 100,000.
+
+// laneKey names a lane; the zero key is the free lane.
+type laneKey struct {
+	batch string
+	wave  int
+	group string
+}
+
+type lane struct {
+	key laneKey
+	br  *batchRec // nil for the free lane
+	ops opQueue   // by readyFirst
+	idx int       // in Store.lanes, -1 when out of it
+}
+
+// laneHeap orders the non-empty lanes by their longest-due operation.
+type laneHeap struct{ items []*lane }
+
+func (h *laneHeap) Len() int { return len(h.items) }
+func (h *laneHeap) Less(i, j int) bool {
+	return readyFirst(h.items[i].ops.recs[0], h.items[j].ops.recs[0])
+}
+func (h *laneHeap) Swap(i, j int) {
+	h.items[i], h.items[j] = h.items[j], h.items[i]
+	h.items[i].idx, h.items[j].idx = i, j
+}
+func (h *laneHeap) Push(x any) { l := x.(*lane); l.idx = len(h.items); h.items = append(h.items, l) }
+func (h *laneHeap) Pop() any {
+	old := h.items
+	l := old[len(old)-1]
+	old[len(old)-1] = nil
+	h.items = old[:len(old)-1]
+	l.idx = -1
+	return l
+}
+
+// laneOf returns the key of the lane r belongs in (store held locked).
+func (s *Store) laneOf(r *opRec) (laneKey, *batchRec) {
+	br := s.batches[r.op.BatchID]
+	if br == nil || r.op.Phase.AfterPointOfNoReturn() {
+		return laneKey{}, nil
+	}
+	k := laneKey{batch: br.b.ID, wave: r.op.Wave}
+	if ro := br.b.Rollout; ro.GroupLimit > 0 {
+		k.group = ro.GroupBy.Of(s.devices[r.op.DeviceID])
+	}
+	return k, br
+}
+
+// enterLane puts r, which is in no queue, in its lane (store held locked).
+func (s *Store) enterLane(r *opRec) {
+	k, br := s.laneOf(r)
+	ln := s.laneByKey[k]
+	if ln == nil {
+		ln = &lane{key: k, br: br, ops: opQueue{less: readyFirst}, idx: -1}
+		s.laneByKey[k] = ln
+	}
+	r.queue, r.lane = queueReady, ln
+	heap.Push(&ln.ops, r)
+	if ln.idx < 0 {
+		heap.Push(s.lanes, ln)
+	} else {
+		heap.Fix(s.lanes, ln.idx)
+	}
+}
+
+// leaveLane takes r out of its lane, and drops the lane when it empties
+// (store held locked).
+func (s *Store) leaveLane(r *opRec) {
+	ln := r.lane
+	heap.Remove(&ln.ops, r.idx)
+	r.lane = nil
+	switch {
+	case ln.ops.Len() == 0:
+		if ln.idx >= 0 {
+			heap.Remove(s.lanes, ln.idx)
+		}
+		delete(s.laneByKey, ln.key)
+	case ln.idx >= 0:
+		heap.Fix(s.lanes, ln.idx)
+	}
+}
+
+// relane moves every ready operation of br to the lane it now belongs in,
+// after its rollout changed how lanes split it (store held locked).
+func (s *Store) relane(br *batchRec) {
+	for _, id := range br.ops {
+		if r := s.ops[id]; r.queue == queueReady {
+			s.leaveLane(r)
+			r.queue = queueNone
+			s.enterLane(r)
+		}
+	}
+}
+
+// laneAllowed asks the rollout of ln's batch whether r, the lane's first
+// operation, may be claimed at t (store held locked).
+func (s *Store) laneAllowed(ln *lane, r *opRec, t time.Time) bool {
+	if ln.br == nil {
+		return true
+	}
+	return store.ClaimAllowed(&ln.br.b, ln.br.use(ln.key.group, t), r.op, t)
+}
+
+// use returns how much of its rollout's limits br uses at t.
+func (br *batchRec) use(group string, t time.Time) store.BatchUse {
+	if per := br.b.Rollout.StartRate.Period(); len(br.starts) > 0 {
+		cut := t.Add(-per)
+		i := 0
+		for i < len(br.starts) && !br.starts[i].After(cut) {
+			i++
+		}
+		br.starts = br.starts[i:]
+	}
+	return store.BatchUse{Running: br.running, RunningInGroup: br.groupRunning[group], RecentStarts: len(br.starts)}
+}
+
+// started records that the claim of r at t is a start of its batch, for the
+// batch's start rate (store held locked).
+func (s *Store) started(r *opRec, t time.Time) {
+	br := s.batches[r.op.BatchID]
+	if br == nil || r.op.Phase.AfterPointOfNoReturn() || br.b.Rollout.StartRate.Count == 0 {
+		return
+	}
+	br.starts = append(br.starts, t)
+}
+
+// startRunning counts r, which just entered the lease queue, as running in
+// its batch and group (store held locked).
+func (s *Store) startRunning(r *opRec) {
+	br := s.batches[r.op.BatchID]
+	if br == nil {
+		return
+	}
+	r.runBatch = br
+	r.runGroup = br.b.Rollout.GroupBy.Of(s.devices[r.op.DeviceID])
+	br.running++
+	br.groupRunning[r.runGroup]++
+}
+
+// stopRunning undoes startRunning for r, which left the lease queue.
+func (s *Store) stopRunning(r *opRec) {
+	br := r.runBatch
+	if br == nil {
+		return
+	}
+	br.running--
+	if br.groupRunning[r.runGroup]--; br.groupRunning[r.runGroup] <= 0 {
+		delete(br.groupRunning, r.runGroup)
+	}
+	r.runBatch, r.runGroup = nil, ""
+}
+
+// regroup recounts the running operations of br by group, after its
+// rollout's GroupBy changed (store held locked).
+func (s *Store) regroup(br *batchRec) {
+	for _, id := range br.ops {
+		if r := s.ops[id]; r.queue == queueLeased {
+			s.stopRunning(r)
+			s.startRunning(r)
+		}
+	}
+}
