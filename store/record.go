@@ -159,8 +159,8 @@ type Operation struct {
 	BatchID      string // "" for a single upgrade
 	// Wave is the operation's wave in its batch (0-based), set by the store
 	// from the operation's position in CreateBatch.
-	Wave int
-	State        status.State
+	Wave  int
+	State status.State
 	// Phase reached; kept after the operation ends, so a terminal operation
 	// tells how far it got.
 	Phase    status.Phase

@@ -480,14 +480,14 @@ type HoldReason string
 
 // Hold reasons.
 const (
-	HoldNone      HoldReason = ""
+	HoldNone       HoldReason = ""
 	HoldNotStarted HoldReason = "not-started"
-	HoldPaused    HoldReason = "paused"
-	HoldCancelled HoldReason = "cancelled"
-	HoldEnded     HoldReason = "ended"
-	HoldScheduled HoldReason = "scheduled"
-	HoldWindow    HoldReason = "outside-window"
-	HoldWaveWait  HoldReason = "wave-wait"
+	HoldPaused     HoldReason = "paused"
+	HoldCancelled  HoldReason = "cancelled"
+	HoldEnded      HoldReason = "ended"
+	HoldScheduled  HoldReason = "scheduled"
+	HoldWindow     HoldReason = "outside-window"
+	HoldWaveWait   HoldReason = "wave-wait"
 )
 
 // Hold returns why the batch starts nothing at now, or HoldNone when it may
