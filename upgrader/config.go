@@ -129,6 +129,84 @@ func (p RetryPolicy) Delay(n int) time.Duration {
 	return d
 }
 
+// Defaults of OfflinePolicy.
+const (
+	DefaultOfflineInitial       = 10 * time.Minute
+	DefaultOfflineMax           = 12 * time.Hour
+	DefaultOfflineRandomization = 0.25
+)
+
+// OfflinePolicy says how an operation of a batch waits for a device that
+// could not be reached before flashing (openwisp's persistent upgrades):
+// it goes back to pending, without counting as a retry, and is tried again
+// later, until the device answers, the batch is cancelled, or MaxWait
+// passes. Its deadline (Config.OperationTimeout) bounds each attempt, not
+// the wait. Operations outside a batch retry with Config.Retry.
+type OfflinePolicy struct {
+	// InitialInterval is the shortest wait. Defaults to
+	// DefaultOfflineInitial (10 min).
+	InitialInterval time.Duration
+	// MaxInterval is the longest wait. Defaults to DefaultOfflineMax (12 h).
+	MaxInterval time.Duration
+	// RandomizationFactor spreads each wait by ± this fraction. Defaults
+	// to DefaultOfflineRandomization (25 %); NoRetryRandomization means
+	// exact waits.
+	RandomizationFactor float64
+	// MaxWait, when positive, ends the operation failed
+	// (status.ReasonConnectionFailed) once its device has been unreachable
+	// this long since the operation first started. 0: wait as long as the
+	// batch lasts.
+	MaxWait time.Duration
+	// Disabled makes a batch's unreachable devices retry with Config.Retry
+	// like any recoverable failure (and fail when the retries run out).
+	Disabled bool
+}
+
+// Validate refuses negative durations and a randomization factor outside
+// 0-1 (other than NoRetryRandomization).
+func (p OfflinePolicy) Validate() error {
+	r := p.RandomizationFactor
+	switch {
+	case p.InitialInterval < 0 || p.MaxInterval < 0 || p.MaxWait < 0:
+		return errors.New("upgrader: offline policy: durations must not be negative")
+	case math.IsNaN(r) || math.IsInf(r, 0) || r > 1 || (r < 0 && r != NoRetryRandomization):
+		return fmt.Errorf("upgrader: offline policy: RandomizationFactor %v must be within 0-1 (0 = default, NoRetryRandomization = none)", r)
+	}
+	return nil
+}
+
+func (p OfflinePolicy) withDefaults() OfflinePolicy {
+	if p.InitialInterval == 0 {
+		p.InitialInterval = DefaultOfflineInitial
+	}
+	if p.MaxInterval == 0 {
+		p.MaxInterval = DefaultOfflineMax
+	}
+	p.MaxInterval = max(p.MaxInterval, p.InitialInterval)
+	if p.RandomizationFactor == 0 {
+		p.RandomizationFactor = DefaultOfflineRandomization
+	} else if p.RandomizationFactor < 0 {
+		p.RandomizationFactor = 0
+	}
+	return p
+}
+
+// Delay returns the wait before the next try of a device that has been
+// unreachable for offline so far: as long again (so the waits double), at
+// least InitialInterval and at most MaxInterval, spread by the
+// randomization factor.
+func (p OfflinePolicy) Delay(offline time.Duration) time.Duration {
+	if p.Validate() != nil {
+		p = OfflinePolicy{}
+	}
+	p = p.withDefaults()
+	d := min(max(offline, p.InitialInterval), p.MaxInterval)
+	if f := p.RandomizationFactor; f > 0 {
+		d = time.Duration(float64(d) * (1 - f + 2*f*rand.Float64()))
+	}
+	return d
+}
+
 // Config configures an Engine. The zero value (or nil) uses the defaults.
 type Config struct {
 	// Logger receives the engine's own log records. Defaults to
@@ -176,9 +254,12 @@ type Config struct {
 	// through this engine starts at once. Defaults to DefaultPollInterval.
 	PollInterval time.Duration
 	// MaintenanceInterval is how often the engine ends operations whose
-	// deadline passed while nobody held them (±20 % jitter). Defaults to
-	// DefaultMaintenanceInterval.
+	// deadline passed while nobody held them and moves batches to their
+	// next wave (±20 % jitter). Defaults to DefaultMaintenanceInterval.
 	MaintenanceInterval time.Duration
+	// Offline says how a batch's operation waits for a device that could
+	// not be reached before flashing.
+	Offline OfflinePolicy
 }
 
 func (c *Config) withDefaults() (Config, error) {
@@ -208,6 +289,10 @@ func (c *Config) withDefaults() (Config, error) {
 		return out, fmt.Errorf("upgrader: config: %w", err)
 	}
 	out.Retry = out.Retry.withDefaults()
+	if err := out.Offline.Validate(); err != nil {
+		return out, fmt.Errorf("upgrader: config: %w", err)
+	}
+	out.Offline = out.Offline.withDefaults()
 	if out.ImageMap == nil {
 		out.ImageMap = imagemap.OpenWrt()
 	}

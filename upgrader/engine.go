@@ -564,10 +564,13 @@ func (e *Engine) published(op store.Operation, kind EventKind) {
 	}
 	e.events.publish(opEvent(kind, op, now))
 	if kind == EventOperationState && op.BatchID != "" {
+		if op.State.Terminal() || op.State == status.Pending {
+			e.maint.wakeAt(now) // its wave may have settled
+		}
 		ctx, cancel := e.eventContext()
 		defer cancel()
 		if b, err := e.store.Batch(ctx, op.BatchID); err == nil {
-			e.events.publish(Event{Kind: EventBatchState, Time: now, BatchID: b.ID, BatchState: b.State})
+			e.publishBatch(b, EventBatchState)
 		}
 	}
 }

@@ -18,7 +18,13 @@ const (
 	EventOperationPhase    EventKind = "operation-phase"
 	EventOperationProgress EventKind = "operation-progress"
 	EventOperationLog      EventKind = "operation-log"
-	EventBatchState        EventKind = "batch-state"
+	// EventBatchState: a batch was created, started, paused, resumed,
+	// cancelled, changed its rollout, or one of its operations changed
+	// state (its counts moved).
+	EventBatchState EventKind = "batch-state"
+	// EventBatchWave: a batch's current wave settled (WaveWait starts) or
+	// the next wave started, or the batch paused on its success threshold.
+	EventBatchWave EventKind = "batch-wave"
 )
 
 // Event is something that happened to an operation or a batch. Fields that
@@ -35,8 +41,12 @@ type Event struct {
 	Reason      status.Reason
 	// Line is the log line of an EventOperationLog.
 	Line string
-	// BatchState is the new state of an EventBatchState.
-	BatchState status.BatchState
+	// BatchState, PauseReason, Wave (0-based) and Counts describe the batch
+	// of a batch event.
+	BatchState  status.BatchState
+	PauseReason status.PauseReason
+	Wave        int
+	Counts      status.Counts
 	// Dropped counts the events this subscriber lost (its buffer was full)
 	// since the previous event it received.
 	Dropped uint64

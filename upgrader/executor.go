@@ -237,6 +237,8 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 			reason = status.ReasonFlashFailed
 		}
 		return e.endWith(c, op, status.Failed, reason, fmt.Sprintf("failed after flashing started: %v", uerr))
+	case kind == KindRecoverable && reason == status.ReasonConnectionFailed && op.BatchID != "" && !e.cfg.Offline.Disabled:
+		return e.waitOffline(c, op, uerr)
 	case kind == KindRecoverable:
 		if op.Attempt <= e.cfg.Retry.MaxRetries {
 			return e.retryLater(c, op, reason, uerr)
@@ -273,6 +275,35 @@ func (e *Engine) retryLater(c *claim, op store.Operation, reason status.Reason, 
 		return e.refused(c, op, err)
 	}
 	e.published(upd, EventOperationPhase)
+	e.logEvent(upd, line)
+	return upd, at, nil
+}
+
+// waitOffline sends a batch's operation whose device could not be reached
+// back to pending, to be tried again after Config.Offline's wait; its
+// attempts start again from zero and its deadline is cleared (the next
+// attempt gets a new one). After Offline.MaxWait it fails instead.
+func (e *Engine) waitOffline(c *claim, op store.Operation, uerr error) (store.Operation, time.Time, error) {
+	offline := max(e.cfg.Now().Sub(op.StartedAt), 0)
+	if w := e.cfg.Offline.MaxWait; w > 0 && offline >= w {
+		return e.endWith(c, op, status.Failed, status.ReasonConnectionFailed,
+			fmt.Sprintf("device unreachable for %s, longer than the offline limit (%s): %v", offline.Round(time.Second), w, uerr))
+	}
+	d := e.cfg.Offline.Delay(offline)
+	at := e.cfg.Now().Add(d)
+	line := fmt.Sprintf("device unreachable (%v); waiting for it: next try in %s", uerr, d.Round(time.Second))
+	var upd store.Operation
+	err := e.persist(c, func(ctx context.Context) (err error) {
+		upd, err = e.store.UpdateOperation(ctx, op.ID, store.OperationUpdate{
+			From: status.InProgress, State: status.Pending, Reason: status.ReasonConnectionFailed,
+			Attempt: store.Ptr(0), Deadline: &time.Time{}, RetryAfter: &d, Log: []string{line}, Token: c.token,
+		})
+		return err
+	})
+	if err != nil {
+		return e.refused(c, op, err)
+	}
+	e.published(upd, EventOperationState)
 	e.logEvent(upd, line)
 	return upd, at, nil
 }

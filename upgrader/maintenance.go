@@ -12,7 +12,8 @@ const expireBatch = 500
 
 // maintenance ends, at their deadline, the operations nobody holds
 // (pending, or waiting for a retry) with the store's compare-and-set
-// ExpireDeadlines, so several engines may run it at once. Operations whose
+// ExpireDeadlines, and moves batches to their next wave with
+// AdvanceBatches, so several engines may run it at once. Operations whose
 // engine was lost need no scan: their expired lease makes them claimable,
 // and the executor that claims one starts a new attempt before flashing or
 // verifies at or after it.
@@ -52,6 +53,7 @@ func (e *Engine) maintain() {
 		}
 		m.mu.Unlock()
 		e.expireDeadlines(e.runCtx)
+		e.advanceBatches(e.runCtx)
 		wait := jitter(e.cfg.MaintenanceInterval)
 		m.mu.Lock()
 		if !m.next.IsZero() {
@@ -88,5 +90,29 @@ func (e *Engine) expireDeadlines(ctx context.Context) {
 		if len(ops) < expireBatch {
 			return
 		}
+	}
+}
+
+// advanceBatches moves the batches whose current wave settled on to their
+// next wave (or pauses them on their success threshold), compare-and-set
+// in the store, and tells the host.
+func (e *Engine) advanceBatches(ctx context.Context) {
+	bs, err := e.store.AdvanceBatches(ctx, expireBatch)
+	if err != nil {
+		if ctx.Err() == nil {
+			e.log.Warn("advancing batches failed", slog.Any("error", err))
+		}
+		return
+	}
+	for _, b := range bs {
+		e.publishBatch(b, EventBatchWave)
+		e.log.Info("batch wave", slog.String("batch", b.ID), slog.Int("wave", b.Wave+1),
+			slog.Int("waves", len(b.WaveTallies)), slog.String("state", string(b.State)))
+		if w := b.Rollout.WaveWait; w > 0 && !b.WaveSettledAt.IsZero() {
+			e.maint.wakeAt(e.cfg.Now().Add(w))
+		}
+	}
+	if len(bs) > 0 {
+		e.prod.wake()
 	}
 }
