@@ -95,6 +95,12 @@ var (
 // Use ReleaseDescription to get a real description for a series, e.g.
 // Config{Release: ReleaseDescription("17.01")}.
 type Config struct {
+	// Meter, when set, measures this device's SSH connections together
+	// with the other devices sharing it (see Meter).
+	Meter *Meter
+	// MeterGroup is the device's group for Meter.MaxBusyIn (for example
+	// its location).
+	MeterGroup string
 	// Model is the content of /tmp/sysinfo/model. Defaults to DefaultModel.
 	Model string
 	// BoardName is the content of /tmp/sysinfo/board_name. Defaults to

@@ -75,6 +75,10 @@ func (d *Device) handleConn(c *sconn, cfg *ssh.ServerConfig) {
 		return
 	}
 	_ = c.nc.SetDeadline(time.Time{})
+	if m := d.cfg.Meter; m != nil {
+		m.connOpened(d, d.cfg.MeterGroup)
+		defer m.connClosed(d, d.cfg.MeterGroup)
+	}
 	d.wg.Add(1)
 	go func() {
 		defer d.wg.Done()
