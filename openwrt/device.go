@@ -178,6 +178,16 @@ func (t *tailReaderAt) ReadAt(p []byte, off int64) (int, error) {
 // another's metadata must never be flashed), and its compat_version must
 // suit the device's as sysupgrade would judge it on 21.02 and later.
 func (a *attempt) checkImageFits(ctx context.Context) error {
+	if err := a.checkImageBoard(ctx); err != nil {
+		return err
+	}
+	_, _, err := a.checkImageCompat(ctx)
+	return err
+}
+
+// checkImageBoard reads the image's fwtool metadata into a.meta and
+// refuses a device whose board name it does not list (see checkImageFits).
+func (a *attempt) checkImageBoard(ctx context.Context) error {
 	md, err := a.imageMetadata(ctx)
 	switch {
 	case errors.Is(err, imagemap.ErrCorruptMetadata):
@@ -199,26 +209,35 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 				fmt.Errorf("openwrt: the image's metadata lists %s, not the device's board %q", strings.Join(boards, ", "), a.board))
 		}
 	}
-	if !a.caps.CompatCheck {
-		return nil
+	return nil
+}
+
+// checkImageCompat compares the compat_version of the image's metadata
+// (a.meta, read by checkImageBoard) with the device's, on releases that
+// check it (see checkImageFits). It returns both values when it compared
+// them, "" when it did not (no metadata, or a release without the check).
+func (a *attempt) checkImageCompat(ctx context.Context) (device, image string, err error) {
+	md := a.meta
+	if md == nil || !a.caps.CompatCheck {
+		return "", "", nil
 	}
-	device := a.readCompatVersion(ctx)
+	device = a.readCompatVersion(ctx)
 	if ctx.Err() != nil {
-		return ctx.Err()
+		return "", "", ctx.Err()
 	}
-	image := strings.TrimSpace(md.CompatVersion)
+	image = strings.TrimSpace(md.CompatVersion)
 	if image == "" {
 		image = "1.0"
 	}
 	if device == image {
-		return nil
+		return device, image, nil
 	}
 	dMajor, dMinor, _ := strings.Cut(device, ".")
 	iMajor, iMinor, _ := strings.Cut(image, ".")
 	switch {
 	case dMajor != iMajor:
 		a.logf(ctx, "The image's compat_version %s is incompatible with the device's %s: sysupgrade refuses it", image, device)
-		return upgrader.Aborted(status.ReasonImageInvalid,
+		return device, image, upgrader.Aborted(status.ReasonImageInvalid,
 			fmt.Errorf("openwrt: compat_version %s of the image is incompatible with %s of the device (major version)", image, device))
 	case dMinor != iMinor && !a.opts.NoConfig && !a.opts.IgnoreMinorCompat:
 		allow := "-n (do not keep the configuration)"
@@ -226,10 +245,10 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 			allow += " or " + flagIgnoreMinorCompat
 		}
 		a.logf(ctx, "The image's compat_version %s differs from the device's %s: the configuration cannot be kept; %s would allow it", image, device, allow)
-		return upgrader.Aborted(status.ReasonImageInvalid,
+		return device, image, upgrader.Aborted(status.ReasonImageInvalid,
 			fmt.Errorf("openwrt: compat_version %s of the image, %s of the device: the configuration cannot be kept (%s would allow it)", image, device, allow))
 	}
-	return nil
+	return device, image, nil
 }
 
 // expectedRelease is the release the device must run after the flash: the

@@ -97,6 +97,41 @@ func (a *attempt) freeMemory(ctx context.Context) (int64, string, error) {
 
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
+// memoryNeeded is the free memory the image needs: its size and
+// Config.MemoryMargin.
+func (a *attempt) memoryNeeded() int64 { return a.job.Image.Size + a.cfg.MemoryMargin }
+
+// checkUploadRoom refuses an image larger than the free space of the upload
+// directory's file system. room and known are that free space and whether
+// the device told it (when it does not, nothing is refused).
+func (a *attempt) checkUploadRoom(ctx context.Context) (room int64, known bool, err error) {
+	room, known = a.tmpAvailable(ctx)
+	if known && room < a.job.Image.Size {
+		a.logf(ctx, "%s has %s free, the image needs %s: it cannot be uploaded", a.remotePath, mib(room), mib(a.job.Image.Size))
+		return room, known, upgrader.Aborted(status.ReasonInsufficientMemory,
+			fmt.Errorf("openwrt: the upload directory has %s free, the image is %s", mib(room), mib(a.job.Image.Size)))
+	}
+	return room, known, nil
+}
+
+// availableMemory reads the free memory (see parseMeminfo) and logs it. ok
+// is false, with a nil error, when /proc/meminfo is unreadable or
+// unexpected: the memory check is then skipped, sysupgrade's own checks
+// still protect the device. A broken connection is a transport error.
+func (a *attempt) availableMemory(ctx context.Context) (free int64, field string, ok bool, err error) {
+	free, field, err = a.freeMemory(ctx)
+	switch {
+	case err == nil:
+	case ctx.Err() != nil || errors.Is(err, errSessionLost) || errors.Is(err, errCommandTimeout):
+		return 0, "", false, transportError(ctx, "read the free memory", err)
+	default:
+		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", err)
+		return 0, "", false, nil
+	}
+	a.logf(ctx, "Free memory (%s): %s; needed: %s (image) + %s (margin)", field, mib(free), mib(a.job.Image.Size), mib(a.cfg.MemoryMargin))
+	return free, field, true, nil
+}
+
 // checkMemory frees what can be freed cheaply, then stops services if the
 // image still does not fit.
 func (a *attempt) checkMemory(ctx context.Context) error {
@@ -112,24 +147,14 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 		}
 		a.logf(ctx, "Could not drop the caches: %v", err)
 	}
-	need := a.job.Image.Size + a.cfg.MemoryMargin
-	if room, ok := a.tmpAvailable(ctx); ok && room < a.job.Image.Size {
-		a.logf(ctx, "%s has %s free, the image needs %s: it cannot be uploaded", a.remotePath, mib(room), mib(a.job.Image.Size))
-		return upgrader.Aborted(status.ReasonInsufficientMemory,
-			fmt.Errorf("openwrt: the upload directory has %s free, the image is %s", mib(room), mib(a.job.Image.Size)))
+	need := a.memoryNeeded()
+	if _, _, err := a.checkUploadRoom(ctx); err != nil {
+		return err
 	}
-	free, field, err := a.freeMemory(ctx)
-	switch {
-	case err == nil:
-	case ctx.Err() != nil || errors.Is(err, errSessionLost) || errors.Is(err, errCommandTimeout):
-		return transportError(ctx, "read the free memory", err)
-	default:
-		// /proc/meminfo unreadable or unexpected: sysupgrade's own checks
-		// still protect the device.
-		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", err)
-		return nil
+	free, field, ok, err := a.availableMemory(ctx)
+	if err != nil || !ok {
+		return err
 	}
-	a.logf(ctx, "Free memory (%s): %s; needed: %s (image) + %s (margin)", field, mib(free), mib(a.job.Image.Size), mib(a.cfg.MemoryMargin))
 	if free >= need {
 		return nil
 	}

@@ -242,20 +242,28 @@ func (u *Upgrader) Upgrade(ctx context.Context, job *upgrader.Job) error {
 	return a.upgrade(ctx)
 }
 
-func (a *attempt) upgrade(ctx context.Context) error {
-	job := a.job
-	opts, err := ParseOptions(job.Operation.Options)
+// prepare reads the operation's options and where the image goes on the
+// device, before anything reaches the device.
+func (a *attempt) prepare() error {
+	opts, err := ParseOptions(a.job.Operation.Options)
 	if err != nil {
 		return upgrader.Aborted(status.ReasonInvalidOptions, err)
 	}
 	a.opts = opts
-	a.remotePath = defaultRemotePath(job.Image)
+	a.remotePath = defaultRemotePath(a.job.Image)
 	if a.cfg.RemotePathFunc != nil {
-		a.remotePath = a.cfg.RemotePathFunc(job.Image)
+		a.remotePath = a.cfg.RemotePathFunc(a.job.Image)
 	}
 	if !strings.HasPrefix(a.remotePath, "/") {
 		return upgrader.Aborted(status.ReasonUpgraderError,
 			fmt.Errorf("openwrt: the remote path %q is not absolute", a.remotePath))
+	}
+	return nil
+}
+
+func (a *attempt) upgrade(ctx context.Context) error {
+	if err := a.prepare(); err != nil {
+		return err
 	}
 
 	// 1. Connect.
