@@ -64,7 +64,8 @@ type Claims interface {
 	// positive, lease positive, owner a valid ID (ErrInvalid otherwise).
 	ClaimOperations(ctx context.Context, owner string, limit int, lease time.Duration) ([]Operation, error)
 	// ClaimOperation claims one operation by ID, whatever its NextAttemptAt
-	// and its batch's policy (a synchronous run the caller asked for). It
+	// and its batch's policy (a synchronous run the caller asked for); its
+	// lease counts as running in its batch like any other. It
 	// fails with ErrLeased when a live lease is held (by anyone, the same
 	// owner included: a holder never claims its own operation twice),
 	// ErrInvalidTransition when the operation is terminal, ErrNotFound when
@@ -90,7 +91,8 @@ type Claims interface {
 	// status.PhaseFlashing and hold no live lease (pending, or waiting for
 	// a retry), and returns them. Operations at or after flashing are left
 	// alone: they must be verified by a claim, never ended unproven. Each
-	// change is compare-and-set, so several engines may call it at once.
+	// change is compare-and-set, so several engines may call it at once. A
+	// limit that is not positive is ErrInvalid.
 	ExpireDeadlines(ctx context.Context, limit int) ([]Operation, error)
 }
 

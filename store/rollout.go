@@ -56,8 +56,9 @@ type Rollout struct {
 	// operations, before the next wave starts; otherwise the batch pauses
 	// (status.PauseSuccessThreshold). Nil: no threshold.
 	SuccessThreshold *float64
-	// GroupLimit caps how many operations run at once per value of GroupBy
-	// (for example at most one per location). 0: no limit.
+	// GroupLimit caps how many of the batch's operations run at once per
+	// value of GroupBy (for example at most one per location; devices with
+	// an empty value form one group). 0: no limit.
 	GroupLimit int
 	// GroupBy is the device field GroupLimit counts by; required with a
 	// GroupLimit.

@@ -167,20 +167,23 @@ type Batches interface {
 	// SetRollout replaces the rollout of a batch that has not ended and
 	// was not cancelled (ErrInvalidTransition otherwise), keeping its waves
 	// (a change of Rollout.Waves is ErrInvalidTransition): see
-	// CheckRolloutChange. The new limits apply from the next claim.
+	// CheckRolloutChange. The new limits apply from the next claim. An
+	// unknown batch is ErrNotFound.
 	SetRollout(ctx context.Context, id string, r Rollout) (Batch, error)
 	// CancelBatch cancels a batch atomically: it sets CancelRequested (no
 	// operation of the batch starts again) and cancels every operation
 	// that is pending or in progress before status.PhaseFlashing, as
 	// CancelInBatch says; the holders of those learn it at their next
 	// renewal or write. Operations at or after flashing finish and are
-	// verified. It returns the batch and the operations it cancelled. A
-	// batch that ended is ErrInvalidTransition.
+	// verified. It returns the batch and the operations it cancelled
+	// (none when called again). A batch that ended is
+	// ErrInvalidTransition.
 	CancelBatch(ctx context.Context, id string) (Batch, []Operation, error)
 	// AdvanceBatches applies NextWave, compare-and-set, to up to limit
 	// batches in progress, on the store's clock, and returns the batches
 	// it changed (a wave that settled, a wave started, a pause for the
-	// success threshold). Several engines may call it at once.
+	// success threshold). Several engines may call it at once. A limit
+	// that is not positive is ErrInvalid.
 	AdvanceBatches(ctx context.Context, limit int) ([]Batch, error)
 }
 

@@ -21,7 +21,7 @@
 //
 // Subtests are grouped by topic (Category, Build, Image, Device,
 // DeviceFirmware, Operation, Transition, Progress, Log, Batch, Organization,
-// List, Copy, Invalid, Claims, Concurrency), so one group or one point can be
+// List, Copy, Invalid, Claims, Rollout, Concurrency), so one group or one point can be
 // run alone, e.g. go test -run 'TestConformance/Transition/'.
 //
 // Lease times come from the store's clock, which the suite does not control:

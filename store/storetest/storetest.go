@@ -74,6 +74,7 @@ func Run(t *testing.T, newStore func(t *testing.T) store.Store, opts *Options) {
 		{"Copy", copyTests()},
 		{"Invalid", invalidTests()},
 		{"Claims", claimTests(opts.rounds())},
+		{"Rollout", rolloutTests()},
 	}
 	if !opts.SkipConcurrency {
 		groups = append(groups, group{"Concurrency", concurrencyTests(opts.rounds())})
