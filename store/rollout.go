@@ -17,9 +17,11 @@ import (
 // engines share the store. The zero Rollout has no limit: every operation
 // may start as soon as the batch is started.
 //
-// Everything a rollout limits is a start: a claim of an operation before
-// status.PhaseFlashing (its first attempt, a retry, a device that was
-// offline). A claim that verifies a flash already made is never held back.
+// A rollout holds back devices not started yet (pending operations) by
+// schedule, windows, waves and pauses, and caps every claim before
+// status.PhaseFlashing (a first attempt, a retry, a device that was
+// offline). A claim that verifies a flash already made is never held back;
+// see ClaimAllowed.
 type Rollout struct {
 	// MaxConcurrent caps how many of the batch's operations hold a lease
 	// (run) at once. 0: no cap beyond the engines' workers.
@@ -456,17 +458,31 @@ type BatchUse struct {
 }
 
 // ClaimAllowed reports whether the batch b (nil for an operation outside
-// any batch) lets op be claimed at now, given its current use. An operation
-// at or after status.PhaseFlashing is always allowed: its flash must be
-// verified. Any other claim is a start, held back while the batch is idle
-// (not started), paused, cancelled or ended, before Rollout.StartAt,
-// outside the maintenance windows, when op's wave has not started yet, or
-// when a cap (concurrency, group limit, start rate) is reached.
+// any batch) lets op be claimed at now, given its current use.
+//
+//   - An operation at or after status.PhaseFlashing is always allowed: its
+//     flash must be verified.
+//   - A pending operation is a device not started yet (or waiting again for
+//     a device that was offline): it is held back while the batch is idle
+//     (not started), paused, cancelled or ended, before Rollout.StartAt,
+//     outside the maintenance windows, and until its wave started.
+//   - An operation in progress (waiting for a retry, or taken over from a
+//     lost engine) already started: it goes on while the batch is paused or
+//     outside its windows ("running ones finish"), but not once the batch
+//     was cancelled.
+//   - Every claim before flashing counts against the caps (concurrency,
+//     group limit, start rate).
 func ClaimAllowed(b *Batch, use BatchUse, op Operation, now time.Time) bool {
 	if b == nil || op.Phase.AfterPointOfNoReturn() {
 		return true
 	}
-	return Hold(*b, now) == HoldNone && op.Wave <= b.Wave && !Capped(b.Rollout, use)
+	if b.CancelRequested || b.State.Terminal() {
+		return false
+	}
+	if op.State == status.Pending && (Hold(*b, now) != HoldNone || op.Wave > b.Wave) {
+		return false
+	}
+	return !Capped(b.Rollout, use)
 }
 
 // Capped reports whether a rollout's caps forbid one more start.

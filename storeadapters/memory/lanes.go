@@ -4,10 +4,12 @@ import (
 	"container/heap"
 	"time"
 
+	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
-// Ready operations wait in lanes: one lane per (batch, wave, group), and
+// Ready operations wait in lanes: one lane per (batch, wave, group, pending
+// or started), and
 // one free lane for operations outside any batch and for those at or after
 // flashing (never held back: their flash must be verified). Every
 // operation of a lane gets the same answer from store.ClaimAllowed, so a
@@ -16,9 +18,10 @@ import (
 
 // laneKey names a lane; the zero key is the free lane.
 type laneKey struct {
-	batch string
-	wave  int
-	group string
+	batch   string
+	wave    int
+	group   string
+	started bool // in progress (ClaimAllowed treats them apart from pending ones)
 }
 
 type lane struct {
@@ -55,7 +58,7 @@ func (s *Store) laneOf(r *opRec) (laneKey, *batchRec) {
 	if br == nil || r.op.Phase.AfterPointOfNoReturn() {
 		return laneKey{}, nil
 	}
-	k := laneKey{batch: br.b.ID, wave: r.op.Wave}
+	k := laneKey{batch: br.b.ID, wave: r.op.Wave, started: r.op.State != status.Pending}
 	if ro := br.b.Rollout; ro.GroupLimit > 0 {
 		k.group = ro.GroupBy.Of(s.devices[r.op.DeviceID])
 	}
