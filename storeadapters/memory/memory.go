@@ -44,6 +44,8 @@ type Store struct {
 	firmware map[string]store.DeviceFirmware // by device ID
 
 	batches map[string]*batchRec
+	// live holds the batches that have not ended, for AdvanceBatches.
+	live map[string]*batchRec
 	ops     map[string]*opRec
 	// deviceOps lists every operation of a device; activeOp holds the
 	// device's non-terminal operation, if any.
@@ -92,6 +94,7 @@ func New() *Store {
 		devices:      map[string]store.Device{},
 		firmware:     map[string]store.DeviceFirmware{},
 		batches:      map[string]*batchRec{},
+		live:         map[string]*batchRec{},
 		ops:          map[string]*opRec{},
 		deviceOps:    map[string][]string{},
 		activeOp:     map[string]string{},

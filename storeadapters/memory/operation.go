@@ -115,6 +115,9 @@ func (s *Store) tally(br *batchRec, old *store.Operation, cur store.Operation, t
 	store.Tally(&br.b, old, cur)
 	failedNow := (cur.State == status.Failed || cur.State == status.Aborted) && (old == nil || old.State != cur.State)
 	br.b = store.AfterOperationChange(br.b, cur.Wave, failedNow, t)
+	if br.b.State.Terminal() {
+		delete(s.live, br.b.ID)
+	}
 }
 
 // Operation implements store.Operations.
@@ -386,6 +389,7 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 	}
 	br := &batchRec{b: b, ops: make([]string, 0, len(prepared)), groupRunning: map[string]int{}}
 	s.batches[b.ID] = br // before the operations enter their lanes
+	s.live[b.ID] = br
 	out := make([]store.Operation, len(prepared))
 	for i, op := range prepared {
 		s.insertOp(op)
@@ -518,7 +522,7 @@ func (s *Store) AdvanceBatches(ctx context.Context, limit int) ([]store.Batch, e
 	defer s.mu.Unlock()
 	t := now()
 	var out []store.Batch
-	for _, br := range s.batches {
+	for _, br := range s.live {
 		if len(out) == limit {
 			break
 		}
