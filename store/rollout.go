@@ -27,7 +27,10 @@ type Rollout struct {
 	// (run) at once. 0: no cap beyond the engines' workers.
 	MaxConcurrent int
 	// StartRate caps how many operations start within any period of
-	// StartRate.Per. Zero: no limit.
+	// StartRate.Per (at most MaxRatePeriod). Zero: no limit. Every claim
+	// before flashing counts, a claim by ID (ClaimOperation) included, and
+	// a rate set or lengthened by SetRollout counts the starts already
+	// made.
 	StartRate Rate
 	// Waves split the batch's operations, in their order, into waves.
 	// Each entry is the cumulative size the rollout reaches with that wave,
@@ -45,13 +48,15 @@ type Rollout struct {
 	// FailureThreshold, in percent (0-100), pauses the batch
 	// (status.PauseFailureThreshold) when a wave's failed and aborted
 	// operations, over the wave's size less its cancelled operations, go
-	// strictly above it. Nil: no threshold. It is checked whenever one of
-	// the wave's operations fails or aborts, once MinFinished of the wave's
-	// operations have finished.
+	// strictly above it. Nil: no threshold. See MinFinished for when it is
+	// checked; after an operator resumes, only a new failure trips it
+	// again.
 	FailureThreshold *float64
 	// MinFinished is how many of a wave's operations must have finished
-	// (success, failed or aborted) before the failure threshold applies.
-	// 0 counts as 1.
+	// (success, failed or aborted) before the failure threshold applies:
+	// it is checked when the wave reaches that many (successes included)
+	// and at every failure after. 0 counts as 1; a wave smaller than
+	// MinFinished applies it once all its operations finished.
 	MinFinished int
 	// SuccessThreshold, in percent (0-100), must be reached by a settled
 	// wave's successful operations, over the wave's size less its cancelled
@@ -262,6 +267,8 @@ func (w Window) validate() error {
 		return invalid("rollout", "Windows", "window %s is empty or the whole day: leave Windows empty for no window", w)
 	case strings.ContainsAny(w.TimeZone, " \t\n") || len(w.TimeZone) > MaxNameLen:
 		return invalid("rollout", "Windows", "time zone %q is not a time zone name", w.TimeZone)
+	case w.TimeZone == "Local":
+		return invalid("rollout", "Windows", "time zone \"Local\" depends on each engine's machine: name the zone (e.g. Europe/Rome)")
 	}
 	if _, err := loadZone(w.TimeZone); err != nil {
 		return invalid("rollout", "Windows", "unknown time zone %q", w.TimeZone)
@@ -285,8 +292,9 @@ func (w Window) Contains(t time.Time) bool {
 
 // Limits of a rollout.
 const (
-	MaxWaves   = 100
-	MaxWindows = 24
+	MaxWaves      = 100
+	MaxWindows    = 24
+	MaxRatePeriod = 24 * time.Hour
 )
 
 // Validate checks the rollout on its own.
@@ -296,8 +304,8 @@ func (r Rollout) Validate() error {
 		return invalid("rollout", "MaxConcurrent", "is negative (%d)", r.MaxConcurrent)
 	case r.StartRate.Count < 0:
 		return invalid("rollout", "StartRate", "is negative (%d)", r.StartRate.Count)
-	case r.StartRate.Per < 0 || (r.StartRate.Per > 0 && r.StartRate.Per < time.Millisecond):
-		return invalid("rollout", "StartRate", "period %s must be at least 1ms (0 = a minute)", r.StartRate.Per)
+	case r.StartRate.Per < 0 || (r.StartRate.Per > 0 && r.StartRate.Per < time.Millisecond) || r.StartRate.Per > MaxRatePeriod:
+		return invalid("rollout", "StartRate", "period %s must be within 1ms-%s (0 = a minute)", r.StartRate.Per, MaxRatePeriod)
 	case r.StartRate.Count == 0 && r.StartRate.Per != 0:
 		return invalid("rollout", "StartRate", "a period (%s) without a count", r.StartRate.Per)
 	case len(r.Waves) > MaxWaves:
@@ -359,7 +367,9 @@ func WaveSizes(waves []WaveSize, n int) []int {
 	for _, w := range waves {
 		target := w.Count
 		if w.Percent != 0 {
-			target = int(math.Ceil(w.Percent * float64(n) / 100))
+			// Rounded up, but not by floating-point error: 16.1 % of 1,000
+			// is 161, not 162.
+			target = int(math.Ceil(w.Percent*float64(n)/100 - 1e-9))
 		}
 		target = min(target, n)
 		if target > done {
@@ -401,10 +411,16 @@ func (t WaveTally) Settled() bool {
 // total of the thresholds.
 func (t WaveTally) counted() int { return t.Size - t.Counts[status.Cancelled] }
 
+// minFinished is how many of the wave's operations must have finished for
+// the failure threshold to apply.
+func (r Rollout) minFinished(t WaveTally) int {
+	return max(min(r.MinFinished, t.counted()), 1)
+}
+
 // FailureOver reports whether the wave's failures are strictly above the
 // rollout's failure threshold (with enough finished operations).
 func (r Rollout) FailureOver(t WaveTally) bool {
-	if r.FailureThreshold == nil || t.Finished() < max(r.MinFinished, 1) || t.counted() <= 0 {
+	if r.FailureThreshold == nil || t.Finished() < r.minFinished(t) || t.counted() <= 0 {
 		return false
 	}
 	bad := float64(t.Counts[status.Failed] + t.Counts[status.Aborted])
@@ -537,14 +553,12 @@ func NextWave(b Batch, now time.Time) (Batch, bool) {
 		return b, false
 	}
 	t := b.WaveTallies[b.Wave]
-	if !t.Settled() {
-		if !b.WaveSettledAt.IsZero() { // an operation of the wave runs again
-			b.WaveSettledAt = time.Time{}
-			return b, true
-		}
+	// Once settled, a wave stays settled: an offline device of it trying
+	// again must not restart WaveWait.
+	if !t.Settled() && b.WaveSettledAt.IsZero() {
 		return b, false
 	}
-	if !b.Rollout.SuccessHolds(t) {
+	if b.WaveSettledAt.IsZero() && !b.Rollout.SuccessHolds(t) {
 		b.State, b.PauseReason = status.BatchPaused, status.PauseSuccessThreshold
 		b.UpdatedAt = now
 		return b, true
@@ -566,10 +580,12 @@ func NextWave(b Batch, now time.Time) (Batch, bool) {
 }
 
 // AfterOperationChange applies the batch rules after one of b's operations
-// of wave wave changed state (b's counts and tallies already updated): the
-// batch's state is recomputed (NextBatchState) and, when the operation just
-// failed or aborted, the failure threshold may pause the batch.
-func AfterOperationChange(b Batch, wave int, failedNow bool, now time.Time) Batch {
+// of wave wave moved from state from ("" for a new one) to state to (b's
+// counts and tallies already updated): the batch's state is recomputed
+// (NextBatchState), and the failure threshold may pause the batch when the
+// operation just failed or aborted, or when its finishing brought the wave
+// to the rollout's MinFinished.
+func AfterOperationChange(b Batch, wave int, from, to status.State, now time.Time) Batch {
 	if next := NextBatchState(b.State, b.Counts); next != b.State {
 		b.State = next
 		if next != status.BatchPaused {
@@ -577,8 +593,13 @@ func AfterOperationChange(b Batch, wave int, failedNow bool, now time.Time) Batc
 		}
 		b.UpdatedAt = now
 	}
-	if failedNow && b.State == status.BatchInProgress && wave < len(b.WaveTallies) &&
-		b.Rollout.FailureOver(b.WaveTallies[wave]) {
+	if b.State != status.BatchInProgress || wave >= len(b.WaveTallies) || from == to {
+		return b
+	}
+	t := b.WaveTallies[wave]
+	failedNow := to == status.Failed || to == status.Aborted
+	reached := (failedNow || to == status.Success) && t.Finished() == b.Rollout.minFinished(t)
+	if (failedNow || reached) && b.Rollout.FailureOver(t) {
 		b.State, b.PauseReason = status.BatchPaused, status.PauseFailureThreshold
 		b.UpdatedAt = now
 	}

@@ -6,8 +6,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -66,6 +68,9 @@ const (
 	SkipInAnotherBatch  SkipReason = "in-another-batch"
 	SkipNoUpgrader      SkipReason = "no-upgrader"
 	SkipInvalidOptions  SkipReason = "invalid-options"
+	// Only for devices asked for by ID (BatchRequest.DeviceIDs):
+	SkipUnknownDevice SkipReason = "unknown-device"
+	SkipFilteredOut   SkipReason = "filtered-out"
 )
 
 // PlanEntry is one device of a plan: selected with its image, or skipped
@@ -125,6 +130,12 @@ func opID(o store.Operation) string { return o.ID }
 // check, runs the read-only checks of every selected device (see
 // DryRunBatch).
 func (e *Engine) PlanBatch(ctx context.Context, req BatchRequest) (Plan, error) {
+	return e.plan(ctx, req, "")
+}
+
+// plan is PlanBatch; the devices of batch retried (RetryBatch) do not count
+// as being in another batch.
+func (e *Engine) plan(ctx context.Context, req BatchRequest, retried string) (Plan, error) {
 	var plan Plan
 	if err := req.Rollout.Validate(); err != nil {
 		return plan, fmt.Errorf("upgrader: batch: %w", err)
@@ -148,20 +159,20 @@ func (e *Engine) PlanBatch(ctx context.Context, req BatchRequest) (Plan, error) 
 	if err != nil {
 		return plan, err
 	}
+	// Only the batch's organization is listed: other tenants' devices never
+	// appear in a plan, unless asked for by ID (then only as skipped IDs).
 	devices, err := listAll(ctx, func(p store.Page) ([]store.Device, error) {
-		return e.store.ListDevices(ctx, store.DeviceFilter{Organization: req.Organization, Group: req.Group, Location: req.Location, Page: p})
+		return e.store.ListDevices(ctx, store.DeviceFilter{Organization: org, Group: req.Group, Location: req.Location, Page: p})
 	}, func(d store.Device) string { return d.ID })
 	if err != nil {
 		return plan, err
 	}
 	if len(req.DeviceIDs) > 0 {
-		want := make(map[string]bool, len(req.DeviceIDs))
-		for _, id := range req.DeviceIDs {
-			want[id] = true
+		if devices, err = e.onlyAsked(ctx, req, devices, &plan); err != nil {
+			return plan, err
 		}
-		devices = slices.DeleteFunc(devices, func(d store.Device) bool { return !want[d.ID] })
 	}
-	busy, inBatch, err := e.devicesInUse(ctx)
+	busy, inBatch, err := e.devicesInUse(ctx, retried)
 	if err != nil {
 		return plan, err
 	}
@@ -213,6 +224,34 @@ func (e *Engine) PlanBatch(ctx context.Context, req BatchRequest) (Plan, error) 
 		}
 	}
 	return plan, nil
+}
+
+// onlyAsked keeps the devices req.DeviceIDs names, and reports the IDs it
+// does not find among them: of another organization (by ID only), or
+// unknown.
+func (e *Engine) onlyAsked(ctx context.Context, req BatchRequest, devices []store.Device, plan *Plan) ([]store.Device, error) {
+	want := make(map[string]bool, len(req.DeviceIDs))
+	for _, id := range req.DeviceIDs {
+		want[id] = true
+	}
+	devices = slices.DeleteFunc(devices, func(d store.Device) bool { return !want[d.ID] })
+	for _, d := range devices {
+		delete(want, d.ID)
+	}
+	for _, id := range slices.Sorted(maps.Keys(want)) {
+		d, err := e.store.Device(ctx, id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			plan.Skipped = append(plan.Skipped, PlanEntry{Device: store.Device{ID: id}, Skip: SkipUnknownDevice, Detail: "no such device"})
+		case err != nil:
+			return nil, err
+		case req.Group != "" && d.Group != req.Group, req.Location != "" && d.Location != req.Location:
+			plan.Skipped = append(plan.Skipped, PlanEntry{Device: store.Device{ID: id}, Skip: SkipFilteredOut, Detail: "not in the group or location asked for"})
+		default:
+			plan.Skipped = append(plan.Skipped, PlanEntry{Device: store.Device{ID: id}, Skip: SkipOtherOrg, Detail: "the device belongs to another organization"})
+		}
+	}
+	return devices, nil
 }
 
 // categoryCache remembers the builds and images read while planning.
@@ -320,8 +359,8 @@ func (e *Engine) planDevice(ctx context.Context, req BatchRequest, org string, b
 
 // devicesInUse returns the devices with an operation that is not
 // terminal (device → operation) and the devices in a batch that has not
-// ended (device → batch).
-func (e *Engine) devicesInUse(ctx context.Context) (map[string]string, map[string]string, error) {
+// ended (device → batch), batch retried aside.
+func (e *Engine) devicesInUse(ctx context.Context, retried string) (map[string]string, map[string]string, error) {
 	busy := map[string]string{}
 	inBatch := map[string]string{}
 	active, err := listAll(ctx, func(p store.Page) ([]store.Operation, error) {
@@ -340,6 +379,9 @@ func (e *Engine) devicesInUse(ctx context.Context) (map[string]string, map[strin
 		return nil, nil, err
 	}
 	for _, b := range batches {
+		if b.ID == retried {
+			continue
+		}
 		ops, err := listAll(ctx, func(p store.Page) ([]store.Operation, error) {
 			return e.store.ListOperations(ctx, store.OperationFilter{BatchID: b.ID, Page: p})
 		}, opID)
@@ -358,7 +400,11 @@ func (e *Engine) devicesInUse(ctx context.Context) (map[string]string, map[strin
 // It starts the batch unless req.Hold. An empty selection is refused with
 // ErrNothingSelected (nothing stored) and the plan that explains it.
 func (e *Engine) CreateBatch(ctx context.Context, req BatchRequest) (store.Batch, Plan, error) {
-	plan, err := e.PlanBatch(ctx, req)
+	return e.createBatch(ctx, req, "")
+}
+
+func (e *Engine) createBatch(ctx context.Context, req BatchRequest, retried string) (store.Batch, Plan, error) {
+	plan, err := e.plan(ctx, req, retried)
 	if err != nil {
 		return store.Batch{}, plan, err
 	}
@@ -396,10 +442,11 @@ func (e *Engine) CreateBatch(ctx context.Context, req BatchRequest) (store.Batch
 }
 
 // RetryBatch creates a new batch for the operations of batch id that ended
-// failed or aborted: same build, images, options and rollout (or rollout,
-// when not nil), started unless hold. The devices are planned again, so a
-// device that meanwhile got another operation or was deactivated is
-// skipped with its reason.
+// failed or aborted: same build, options and rollout (or rollout, when not
+// nil), started unless hold. Batch id may still be running (paused by its
+// failure threshold, say). The devices are planned again, so a device that
+// meanwhile got another operation or was deactivated is skipped with its
+// reason.
 func (e *Engine) RetryBatch(ctx context.Context, id string, rollout *store.Rollout, hold bool) (store.Batch, Plan, error) {
 	old, err := e.store.Batch(ctx, id)
 	if err != nil {
@@ -414,7 +461,11 @@ func (e *Engine) RetryBatch(ctx context.Context, id string, rollout *store.Rollo
 	if len(ops) == 0 {
 		return store.Batch{}, Plan{}, fmt.Errorf("%w: batch %s has no failed or aborted operation", ErrNothingSelected, id)
 	}
-	req := BatchRequest{BuildID: old.BuildID, Name: old.Name + " (retry)", Organization: old.Organization,
+	name := old.Name + " (retry)"
+	if utf8.RuneCountInString(name) > store.MaxNameLen {
+		name = old.Name
+	}
+	req := BatchRequest{BuildID: old.BuildID, Name: name, Organization: old.Organization,
 		Options: old.Options, Rollout: old.Rollout, Hold: hold, Firmwareless: true}
 	if rollout != nil {
 		req.Rollout = *rollout
@@ -425,11 +476,7 @@ func (e *Engine) RetryBatch(ctx context.Context, id string, rollout *store.Rollo
 		pos[op.DeviceID] = i
 	}
 	req.Order = func(a, b store.Device) int { return cmp.Compare(pos[a.ID], pos[b.ID]) }
-	if len(req.Name) > store.MaxNameLen {
-		req.Name = old.Name
-	}
-	b, plan, err := e.CreateBatch(ctx, req)
-	return b, plan, err
+	return e.createBatch(ctx, req, id)
 }
 
 // StartBatch starts a batch created with Hold.

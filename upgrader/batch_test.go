@@ -151,7 +151,11 @@ func TestPlanSelectsTheFleetAndSaysWhySkipped(t *testing.T) {
 	require.NoError(t, err)
 	b.fleetDevice(t, "inactive", func(d *store.Device) { d.Active = false })
 	b.fleetDevice(t, "wrong-board", func(d *store.Device) { d.Model, d.BoardName = "Third", "third,board" })
-	busy := b.fleetDevice(t, "busy", nil)
+	// The busy device's operation is held in its first phase for the test.
+	hold := &upgradertest.Fake{Hold: make(chan struct{}), HoldAt: status.PhaseConnecting}
+	require.NoError(t, b.reg.Register("held", hold))
+	t.Cleanup(func() { close(hold.Hold) })
+	busy := b.fleetDevice(t, "busy", func(d *store.Device) { d.Connection = "held" })
 	_, err = b.eng.Create(ctx, upgrader.Request{DeviceID: busy.ID, ImageID: b.image.ID})
 	require.NoError(t, err)
 	b.fleetDevice(t, "no-upgrader", func(d *store.Device) { d.Connection = "telnet" })
@@ -173,11 +177,20 @@ func TestPlanSelectsTheFleetAndSaysWhySkipped(t *testing.T) {
 	}, skips(plan))
 
 	// Firmwareless adds devices without firmware whose board fits; the
-	// build's organization keeps other organizations' devices out.
+	// build's organization keeps other organizations' devices out of the
+	// plan altogether, unless asked for by ID (then by ID only).
 	plan, err = b.eng.PlanBatch(ctx, upgrader.BatchRequest{BuildID: b.build.ID, Firmwareless: true})
 	require.NoError(t, err)
 	assert.Equal(t, []string{"a-old", "b-old", "bare", "dev-1"}, selectedIDs(plan))
-	assert.Equal(t, upgrader.SkipOtherOrg, skips(plan)["other-org"])
+	assert.NotContains(t, skips(plan), "other-org")
+	plan, err = b.eng.PlanBatch(ctx, upgrader.BatchRequest{BuildID: b.build.ID, Firmwareless: true,
+		DeviceIDs: []string{"bare", "other-org", "nobody"}})
+	require.NoError(t, err)
+	assert.Equal(t, []string{"bare"}, selectedIDs(plan))
+	assert.Equal(t, map[string]upgrader.SkipReason{"other-org": upgrader.SkipOtherOrg, "nobody": upgrader.SkipUnknownDevice}, skips(plan))
+	for _, e := range plan.Skipped {
+		assert.Equal(t, store.Device{ID: e.Device.ID}, e.Device, "nothing of another tenant's device but the ID asked for")
+	}
 
 	// Filters are ANDed; the host's order decides the waves.
 	plan, err = b.eng.PlanBatch(ctx, upgrader.BatchRequest{BuildID: b.build.ID, Location: "roof"})

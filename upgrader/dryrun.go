@@ -132,7 +132,7 @@ func (e *Engine) checkDevice(ctx context.Context, d store.Device, im store.Image
 		out.Verdict = VerdictNotNeeded
 	case kind == KindRecoverable && reason == status.ReasonConnectionFailed:
 		out.Verdict = VerdictUnreachable
-	case kind == KindAborted || kind == KindRecoverable:
+	case kind == KindAborted:
 		out.Verdict = VerdictWouldAbort
 	case reason.Outcome() == status.Aborted:
 		out.Verdict = VerdictWouldAbort

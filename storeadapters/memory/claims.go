@@ -96,9 +96,11 @@ func (s *Store) expireLeases(t time.Time) {
 	}
 }
 
-// ClaimOperations implements store.Claims. Lanes are taken in the order of
-// their longest-due operation; a lane its batch holds back is set aside for
-// the rest of the call, so a capped batch of any size costs one check.
+// ClaimOperations implements store.Claims. Lanes of operations in progress
+// come first, then lanes of pending ones, each in the order of their
+// longest-due operation; a lane its batch holds back is set aside for the
+// rest of the call, so a capped batch costs one check per lane, whatever
+// its size.
 func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, lease time.Duration) ([]store.Operation, error) {
 	if err := ctxErr(ctx); err != nil {
 		return nil, err
@@ -111,26 +113,28 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	t := now()
 	s.expireLeases(t)
 	out := []store.Operation{}
-	var aside []*lane // held back by their batch: back in the heap afterwards
-	for len(out) < limit && s.lanes.Len() > 0 {
-		ln := s.lanes.items[0]
-		r := ln.ops.recs[0]
-		if t.Before(store.DueAt(r.op)) {
-			break // the earliest is not due: none is
+	for _, h := range s.lanes {
+		var aside []*lane // held back by their batch: back in the heap afterwards
+		for len(out) < limit && h.Len() > 0 {
+			ln := h.items[0]
+			r := ln.ops.recs[0]
+			if t.Before(store.DueAt(r.op)) {
+				break // the earliest is not due: none is
+			}
+			if !s.laneAllowed(ln, r, t) {
+				heap.Pop(h)
+				aside = append(aside, ln)
+				continue
+			}
+			s.unqueue(r)
+			r.op = store.ApplyClaim(r.op, owner, t, lease)
+			s.started(r, t)
+			s.requeue(r, t)
+			out = append(out, cloneOp(r.op))
 		}
-		if !s.laneAllowed(ln, r, t) {
-			heap.Pop(s.lanes)
-			aside = append(aside, ln)
-			continue
+		for _, ln := range aside {
+			heap.Push(h, ln)
 		}
-		s.unqueue(r)
-		r.op = store.ApplyClaim(r.op, owner, t, lease)
-		s.started(r, t)
-		s.requeue(r, t)
-		out = append(out, cloneOp(r.op))
-	}
-	for _, ln := range aside {
-		heap.Push(s.lanes, ln)
 	}
 	return out, nil
 }
@@ -153,7 +157,9 @@ func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time
 	if err := store.CheckClaimOne(r.op, t); err != nil {
 		return store.Operation{}, err
 	}
+	s.unqueue(r)
 	r.op = store.ApplyClaim(r.op, owner, t, lease)
+	s.started(r, t)
 	s.requeue(r, t)
 	return cloneOp(r.op), nil
 }

@@ -2,6 +2,7 @@ package memory
 
 import (
 	"container/heap"
+	"sort"
 	"time"
 
 	"github.com/fwupgrader/fwupgrader/status"
@@ -56,7 +57,7 @@ func (h *laneHeap) Pop() any {
 func (s *Store) laneOf(r *opRec) (laneKey, *batchRec) {
 	br := s.batches[r.op.BatchID]
 	if br == nil || r.op.Phase.AfterPointOfNoReturn() {
-		return laneKey{}, nil
+		return laneKey{started: r.op.State != status.Pending}, nil
 	}
 	k := laneKey{batch: br.b.ID, wave: r.op.Wave, started: r.op.State != status.Pending}
 	if ro := br.b.Rollout; ro.GroupLimit > 0 {
@@ -76,10 +77,20 @@ func (s *Store) enterLane(r *opRec) {
 	r.queue, r.lane = queueReady, ln
 	heap.Push(&ln.ops, r)
 	if ln.idx < 0 {
-		heap.Push(s.lanes, ln)
+		heap.Push(s.tier(ln), ln)
 	} else {
-		heap.Fix(s.lanes, ln.idx)
+		heap.Fix(s.tier(ln), ln.idx)
 	}
+}
+
+// tier returns the heap of ln: operations in progress (retries, take-overs,
+// verifications) are claimed before pending ones, so a retry is not
+// starved into its deadline by a capped batch's queue of new devices.
+func (s *Store) tier(ln *lane) *laneHeap {
+	if ln.key.started {
+		return s.lanes[0]
+	}
+	return s.lanes[1]
 }
 
 // leaveLane takes r out of its lane, and drops the lane when it empties
@@ -91,23 +102,11 @@ func (s *Store) leaveLane(r *opRec) {
 	switch {
 	case ln.ops.Len() == 0:
 		if ln.idx >= 0 {
-			heap.Remove(s.lanes, ln.idx)
+			heap.Remove(s.tier(ln), ln.idx)
 		}
 		delete(s.laneByKey, ln.key)
 	case ln.idx >= 0:
-		heap.Fix(s.lanes, ln.idx)
-	}
-}
-
-// relane moves every ready operation of br to the lane it now belongs in,
-// after its rollout changed how lanes split it (store held locked).
-func (s *Store) relane(br *batchRec) {
-	for _, id := range br.ops {
-		if r := s.ops[id]; r.queue == queueReady {
-			s.leaveLane(r)
-			r.queue = queueNone
-			s.enterLane(r)
-		}
+		heap.Fix(s.tier(ln), ln.idx)
 	}
 }
 
@@ -122,23 +121,23 @@ func (s *Store) laneAllowed(ln *lane, r *opRec, t time.Time) bool {
 
 // use returns how much of its rollout's limits br uses at t.
 func (br *batchRec) use(group string, t time.Time) store.BatchUse {
-	if per := br.b.Rollout.StartRate.Period(); len(br.starts) > 0 {
-		cut := t.Add(-per)
-		i := 0
-		for i < len(br.starts) && !br.starts[i].After(cut) {
-			i++
-		}
-		br.starts = br.starts[i:]
-	}
-	return store.BatchUse{Running: br.running, RunningInGroup: br.groupRunning[group], RecentStarts: len(br.starts)}
+	cut := t.Add(-br.b.Rollout.StartRate.Period())
+	recent := len(br.starts) - sort.Search(len(br.starts), func(i int) bool { return br.starts[i].After(cut) })
+	return store.BatchUse{Running: br.running, RunningInGroup: br.groupRunning[group], RecentStarts: recent}
 }
 
 // started records that the claim of r at t is a start of its batch, for the
-// batch's start rate (store held locked).
+// batch's start rate, whatever its rollout says now: a rate set or
+// lengthened later counts the starts already made (store held locked).
+// Starts older than store.MaxRatePeriod are forgotten.
 func (s *Store) started(r *opRec, t time.Time) {
 	br := s.batches[r.op.BatchID]
-	if br == nil || r.op.Phase.AfterPointOfNoReturn() || br.b.Rollout.StartRate.Count == 0 {
+	if br == nil || r.op.Phase.AfterPointOfNoReturn() {
 		return
+	}
+	cut := t.Add(-store.MaxRatePeriod)
+	if i := sort.Search(len(br.starts), func(i int) bool { return br.starts[i].After(cut) }); i > 0 {
+		br.starts = append(br.starts[:0], br.starts[i:]...)
 	}
 	br.starts = append(br.starts, t)
 }
@@ -169,13 +168,24 @@ func (s *Store) stopRunning(r *opRec) {
 	r.runBatch, r.runGroup = nil, ""
 }
 
-// regroup recounts the running operations of br by group, after its
-// rollout's GroupBy changed (store held locked).
+// regroupOp moves r to the lane and the running group its device's
+// current record gives (store held locked): after the device moved to
+// another location or group, or its batch's GroupBy changed.
+func (s *Store) regroupOp(r *opRec) {
+	switch r.queue {
+	case queueLeased:
+		s.stopRunning(r)
+		s.startRunning(r)
+	case queueReady:
+		s.leaveLane(r)
+		r.queue = queueNone
+		s.enterLane(r)
+	}
+}
+
+// regroup applies regroupOp to every operation of br.
 func (s *Store) regroup(br *batchRec) {
 	for _, id := range br.ops {
-		if r := s.ops[id]; r.queue == queueLeased {
-			s.stopRunning(r)
-			s.startRunning(r)
-		}
+		s.regroupOp(s.ops[id])
 	}
 }

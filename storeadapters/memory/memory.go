@@ -53,7 +53,7 @@ type Store struct {
 	activeOp  map[string]string
 
 	// The claim path's queues (see claims.go and lanes.go).
-	lanes     *laneHeap // lanes of ready operations, by their longest due
+	lanes     [2]*laneHeap // lanes of ready operations, by their longest due: started, then pending
 	laneByKey map[laneKey]*lane
 	leased    *opQueue // live lease, by its end
 }
@@ -98,7 +98,7 @@ func New() *Store {
 		ops:          map[string]*opRec{},
 		deviceOps:    map[string][]string{},
 		activeOp:     map[string]string{},
-		lanes:        &laneHeap{},
+		lanes:        [2]*laneHeap{{}, {}},
 		laneByKey:    map[laneKey]*lane{},
 		leased:       &opQueue{less: leaseEndsFirst},
 	}
@@ -396,6 +396,9 @@ func (s *Store) PutDevice(ctx context.Context, d store.Device) (store.Device, er
 	}
 	d.UpdatedAt = t
 	s.devices[d.ID] = d
+	if opID, ok := s.activeOp[d.ID]; ok {
+		s.regroupOp(s.ops[opID]) // its location or group may have changed
+	}
 	return d, nil
 }
 

@@ -113,8 +113,11 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 // cur, and applies the batch rules (derived state, failure threshold).
 func (s *Store) tally(br *batchRec, old *store.Operation, cur store.Operation, t time.Time) {
 	store.Tally(&br.b, old, cur)
-	failedNow := (cur.State == status.Failed || cur.State == status.Aborted) && (old == nil || old.State != cur.State)
-	br.b = store.AfterOperationChange(br.b, cur.Wave, failedNow, t)
+	var from status.State
+	if old != nil {
+		from = old.State
+	}
+	br.b = store.AfterOperationChange(br.b, cur.Wave, from, cur.State, t)
 	if br.b.State.Terminal() {
 		delete(s.live, br.b.ID)
 	}
@@ -472,7 +475,6 @@ func (s *Store) SetRollout(ctx context.Context, id string, r store.Rollout) (sto
 	br.b.UpdatedAt = now()
 	if old.GroupBy != r.GroupBy || (old.GroupLimit > 0) != (r.GroupLimit > 0) {
 		s.regroup(br)
-		s.relane(br)
 	}
 	return br.out(), nil
 }
