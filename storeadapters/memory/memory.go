@@ -46,7 +46,7 @@ type Store struct {
 	batches map[string]*batchRec
 	// live holds the batches that have not ended, for AdvanceBatches.
 	live map[string]*batchRec
-	ops     map[string]*opRec
+	ops  map[string]*opRec
 	// deviceOps lists every operation of a device; activeOp holds the
 	// device's non-terminal operation, if any.
 	deviceOps map[string][]string

@@ -242,7 +242,6 @@ func BenchmarkCappedClaimManyGroups(b *testing.B) {
 // must be what the records say: runnable operations in due order, each
 // allowed by store.ClaimAllowed with the batch's use counted from the
 // records (live leases; per group by the device's current group).
-//
 func TestClaimsFollowTheRolloutAtRandom(t *testing.T) {
 	t.Parallel()
 	for seed := range uint64(40) {
