@@ -52,8 +52,9 @@ type Renewal struct {
 type Claims interface {
 	// ClaimOperations claims up to limit runnable operations for owner, each
 	// with a lease of the given length, and returns them (fewer, or none,
-	// when fewer are runnable), the longest due first (see DueAt), then in
-	// ID order. An operation is runnable when it is pending or in progress,
+	// when fewer are runnable): operations in progress (retries, take-overs,
+	// verifications) before pending ones, each the longest due first (see
+	// DueAt), then in ID order. An operation is runnable when it is pending or in progress,
 	// holds no live lease (none, or an expired one), its NextAttemptAt has
 	// come, and its batch's rollout lets it start now (ClaimAllowed, checked
 	// in the same atomic step as the claim, so the rollout holds however many
