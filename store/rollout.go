@@ -26,11 +26,17 @@ type Rollout struct {
 	// MaxConcurrent caps how many of the batch's operations hold a lease
 	// (run) at once. 0: no cap beyond the engines' workers.
 	MaxConcurrent int
-	// StartRate caps how many operations start within any period of
-	// StartRate.Per (at most MaxRatePeriod). Zero: no limit. Every claim
-	// before flashing counts, a claim by ID (ClaimOperation) included, and
-	// a rate set or lengthened by SetRollout counts the starts already
-	// made.
+	// StartRate caps how many devices are contacted within any period of
+	// StartRate.Per (at most MaxRatePeriod), as the devices see it. Zero:
+	// no limit. Every claim before flashing (a claim by ID included) is a
+	// start in flight until its attempt reaches the device, which is when
+	// it first reports a phase after status.PhaseConnecting; the start is
+	// then dated by that contact. A start in flight that ends without
+	// contact (the device unreachable, the lease released or lost) is
+	// forgotten. A claim is allowed while the starts in flight plus the
+	// contacts within the last period stay under Count, so the contacts
+	// of any period never exceed it, however long connecting takes. A rate
+	// set or lengthened by SetRollout counts the starts already made.
 	StartRate Rate
 	// Waves split the batch's operations, in their order, into waves.
 	// Each entry is the cumulative size the rollout reaches with that wave,
@@ -468,8 +474,9 @@ type BatchUse struct {
 	// RunningInGroup is how many of them belong to the claimed operation's
 	// group (Rollout.GroupBy).
 	RunningInGroup int
-	// RecentStarts is how many of its operations started within the last
-	// Rollout.StartRate.Period().
+	// RecentStarts is how many of its starts are in flight (claimed before
+	// flashing, device not reached yet) plus how many reached their device
+	// within the last Rollout.StartRate.Period() (see Rollout.StartRate).
 	RecentStarts int
 }
 
@@ -681,4 +688,11 @@ func CancelInBatch(op Operation) (OperationUpdate, bool) {
 	}
 	return OperationUpdate{From: op.State, State: status.Cancelled, Reason: status.ReasonCancelledByUser,
 		Log: []string{"cancelled: its batch was cancelled"}}, true
+}
+
+// Contacted reports whether an update moving op from phase from to phase to
+// is its attempt reaching the device: the first phase after
+// status.PhaseConnecting. Adapters date a start in flight by it.
+func Contacted(from, to status.Phase) bool {
+	return to.Order() > status.PhaseConnecting.Order() && from.Order() <= status.PhaseConnecting.Order()
 }

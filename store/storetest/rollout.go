@@ -77,6 +77,18 @@ func (f *fixture) roRunning(r store.Rollout, n int) (store.Batch, []store.Operat
 	return f.roBatchOf(r, status.BatchInProgress, f.roDevices(n))
 }
 
+// roContact moves a claimed operation in progress past connecting (its
+// attempt reached the device) and returns when, on the store's clock.
+func (f *fixture) roContact(op store.Operation) time.Time {
+	f.t.Helper()
+	up, err := f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: op.State, State: status.InProgress,
+		Phase: store.Ptr(status.PhaseConnecting), Token: op.Token})
+	require.NoError(f.t, err)
+	up, err = f.s.UpdateOperation(f.ctx, op.ID, store.OperationUpdate{From: up.State, Phase: store.Ptr(status.PhaseIdentity), Token: op.Token})
+	require.NoError(f.t, err)
+	return up.UpdatedAt
+}
+
 // roClaim claims everything ClaimOperations lets owner have.
 func (f *fixture) roClaim(owner string) []store.Operation {
 	f.t.Helper()
@@ -322,41 +334,46 @@ func rolloutTests() []test {
 				assert.Equal(t, north, where[again[0].ID], "%s", key)
 			}
 		}},
-		{"StartRateCapsStartsPerPeriod", func(t *testing.T, f *fixture) {
+		{"StartRateCountsStartsInFlight", func(t *testing.T, f *fixture) {
 			const per = 300 * time.Millisecond
 			_, ops := f.roRunning(store.Rollout{StartRate: store.Rate{Count: 2, Per: per}}, 5)
-			all := f.roClaim("engine-1")
-			require.Len(t, all, 2, "Count starts at once, no more")
-			var err error
+			first := f.roClaim("engine-1")
+			require.Len(t, first, 2, "Count starts at once, no more")
+			time.Sleep(per + 50*time.Millisecond)
+			assert.Empty(t, f.roClaim("engine-1"), "starts in flight (device not reached yet) count however long they take")
+			// One reaches its device (the first phase after connecting);
+			// the other gives up without reaching it (released).
+			require.NoError(t, f.s.ReleaseOperation(f.ctx, first[1].ID, first[1].Token))
+			again := f.roClaim("engine-1")
+			require.Len(t, again, 1, "a start that never reached its device is forgotten; the contact counts")
+			assert.Empty(t, f.roClaim("engine-1"))
+			// Every start reaches its device at once from now on: the
+			// contacts, dated by the store, are never more than Count
+			// within one period.
+			contacts := []time.Time{f.roContact(first[0]), f.roContact(again[0])}
+			done := map[string]bool{first[0].ID: true, again[0].ID: true}
 			require.Eventually(t, func() bool {
-				got, e := f.s.ClaimOperations(f.ctx, "engine-1", 100, roLongLease)
-				if e != nil {
-					err = e
-					return true
+				for _, op := range f.roClaim("engine-1") {
+					if !done[op.ID] {
+						done[op.ID] = true
+						contacts = append(contacts, f.roContact(op))
+					}
 				}
-				all = append(all, got...)
-				return len(all) >= len(ops)
+				return len(done) == len(ops)
 			}, roPoll, roTick, "the rate lets every operation start in time")
-			require.NoError(t, err)
-			require.Equal(t, roIDs(ops...), roIDs(all...), "each operation started once")
-			// Starts on the store's clock: the claims' lease ends less the
-			// lease. No three within one period.
-			starts := make([]time.Time, len(all))
-			for i, op := range all {
-				starts[i] = op.LeaseExpiresAt.Add(-roLongLease)
-			}
-			slices.SortFunc(starts, time.Time.Compare)
-			for i := 2; i < len(starts); i++ {
-				assert.GreaterOrEqual(t, starts[i].Sub(starts[i-2]), per-time.Millisecond,
-					"starts %d and %d within one period of %s", i-2, i, per)
+			slices.SortFunc(contacts, time.Time.Compare)
+			for i := 2; i < len(contacts); i++ {
+				assert.GreaterOrEqual(t, contacts[i].Sub(contacts[i-2]), per-time.Millisecond,
+					"contacts %d and %d within one period of %s", i-2, i, per)
 			}
 		}},
 		{"StartRateDefaultPeriodIsAMinute", func(t *testing.T, f *fixture) {
 			f.roRunning(store.Rollout{StartRate: store.Rate{Count: 1}}, 3)
 			got := f.roClaim("engine-1")
 			require.Len(t, got, 1)
+			_ = f.roContact(got[0])
 			require.NoError(t, f.s.ReleaseOperation(f.ctx, got[0].ID, got[0].Token))
-			assert.Empty(t, f.roClaim("engine-1"), "one start a minute, released or not")
+			assert.Empty(t, f.roClaim("engine-1"), "one contact a minute, released or not")
 		}},
 		{"StartAtHoldsUntilDue", func(t *testing.T, f *fixture) {
 			now := f.roNow()

@@ -76,11 +76,13 @@ func (s *Store) requeue(r *opRec, t time.Time) {
 	s.unqueue(r)
 	switch {
 	case r.op.State.Terminal():
+		s.forgetStart(r)
 	case store.LeaseLive(r.op, t):
 		r.queue = queueLeased
 		heap.Push(s.leased, r)
 		s.startRunning(r)
 	default:
+		s.forgetStart(r)
 		s.enterLane(r)
 	}
 }
@@ -92,6 +94,7 @@ func (s *Store) expireLeases(t time.Time) {
 		r := heap.Pop(s.leased).(*opRec)
 		r.queue = queueNone
 		s.stopRunning(r)
+		s.forgetStart(r)
 		s.enterLane(r)
 	}
 }
@@ -128,7 +131,7 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 			}
 			s.unqueue(r)
 			r.op = store.ApplyClaim(r.op, owner, t, lease)
-			s.started(r, t)
+			s.started(r)
 			s.requeue(r, t)
 			out = append(out, cloneOp(r.op))
 		}
@@ -159,7 +162,7 @@ func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time
 	}
 	s.unqueue(r)
 	r.op = store.ApplyClaim(r.op, owner, t, lease)
-	s.started(r, t)
+	s.started(r)
 	s.requeue(r, t)
 	return cloneOp(r.op), nil
 }

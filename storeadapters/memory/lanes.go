@@ -123,21 +123,45 @@ func (s *Store) laneAllowed(ln *lane, r *opRec, t time.Time) bool {
 func (br *batchRec) use(group string, t time.Time) store.BatchUse {
 	cut := t.Add(-br.b.Rollout.StartRate.Period())
 	recent := len(br.starts) - sort.Search(len(br.starts), func(i int) bool { return br.starts[i].After(cut) })
-	return store.BatchUse{Running: br.running, RunningInGroup: br.groupRunning[group], RecentStarts: recent}
+	return store.BatchUse{Running: br.running, RunningInGroup: br.groupRunning[group], RecentStarts: recent + len(br.inflight)}
 }
 
-// started records that the claim of r at t is a start of its batch, for the
-// batch's start rate, whatever its rollout says now: a rate set or
-// lengthened later counts the starts already made (store held locked).
-// Starts older than store.MaxRatePeriod are forgotten.
-func (s *Store) started(r *opRec, t time.Time) {
+// started records that the claim of r is a start of its batch, in flight
+// until its attempt reaches the device (contacted), for the batch's start
+// rate whatever its rollout says now: a rate set or lengthened later counts
+// the starts already made (store held locked).
+func (s *Store) started(r *opRec) {
+	if br := s.batches[r.op.BatchID]; br != nil && !r.op.Phase.AfterPointOfNoReturn() {
+		br.inflight[r.op.ID] = struct{}{}
+	}
+}
+
+// forgetStart forgets r's start in flight, if any: its lease ended before
+// its attempt reached the device (store held locked).
+func (s *Store) forgetStart(r *opRec) {
+	if br := s.batches[r.op.BatchID]; br != nil {
+		delete(br.inflight, r.op.ID)
+	}
+}
+
+// contacted dates r's start in flight by its attempt reaching the device at
+// t. Starts older than store.MaxRatePeriod are forgotten (store held
+// locked).
+func (s *Store) contacted(r *opRec, t time.Time) {
 	br := s.batches[r.op.BatchID]
-	if br == nil || r.op.Phase.AfterPointOfNoReturn() {
+	if br == nil {
 		return
 	}
+	if _, ok := br.inflight[r.op.ID]; !ok {
+		return
+	}
+	delete(br.inflight, r.op.ID)
 	cut := t.Add(-store.MaxRatePeriod)
 	if i := sort.Search(len(br.starts), func(i int) bool { return br.starts[i].After(cut) }); i > 0 {
 		br.starts = append(br.starts[:0], br.starts[i:]...)
+	}
+	if n := len(br.starts); n > 0 && t.Before(br.starts[n-1]) {
+		t = br.starts[n-1] // keep the times sorted if the clock stepped back
 	}
 	br.starts = append(br.starts, t)
 }

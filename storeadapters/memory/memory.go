@@ -62,11 +62,13 @@ type batchRec struct {
 	b   store.Batch // with its Counts and WaveTallies kept up to date
 	ops []string
 	// running counts the operations holding a live lease, in all and by
-	// group (Rollout.GroupBy); starts holds the times of recent starts, for
-	// the start rate.
+	// group (Rollout.GroupBy); for the start rate, inflight holds the
+	// operations claimed whose attempt has not reached its device yet, and
+	// starts the times (sorted) of recent contacts.
 	running      int
 	groupRunning map[string]int
 	starts       []time.Time
+	inflight     map[string]struct{}
 }
 
 type opRec struct {

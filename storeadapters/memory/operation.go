@@ -248,6 +248,9 @@ func (s *Store) update(r *opRec, u store.OperationUpdate, t time.Time) (store.Op
 	prev := r.op
 	r.op = next
 	appendLogs(r, u.Log, t)
+	if store.Contacted(prev.Phase, next.Phase) {
+		s.contacted(r, t)
+	}
 	if next.State != prev.State || !next.NextAttemptAt.Equal(prev.NextAttemptAt) ||
 		next.Phase.AfterPointOfNoReturn() != prev.Phase.AfterPointOfNoReturn() {
 		s.requeue(r, t)
@@ -390,7 +393,7 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 	for i, n := range sizes {
 		b.WaveTallies[i] = store.WaveTally{Size: n, Counts: status.Counts{status.Pending: n}}
 	}
-	br := &batchRec{b: b, ops: make([]string, 0, len(prepared)), groupRunning: map[string]int{}}
+	br := &batchRec{b: b, ops: make([]string, 0, len(prepared)), groupRunning: map[string]int{}, inflight: map[string]struct{}{}}
 	s.batches[b.ID] = br // before the operations enter their lanes
 	s.live[b.ID] = br
 	out := make([]store.Operation, len(prepared))
