@@ -479,7 +479,12 @@ func (e *env) sha256sum(s *stdio, args []string) int {
 }
 
 func (e *env) md5sum(s *stdio, args []string) int {
-	return e.checksum(s, "md5sum", args, func(f *file) []byte { return f.md5[:] })
+	return e.checksum(s, "md5sum", args, func(f *file) []byte {
+		if f.noMD5 {
+			return nil // Config.NoMD5
+		}
+		return f.md5[:]
+	})
 }
 
 // checksum prints the digest of each file as busybox's sha256sum and md5sum
@@ -501,6 +506,9 @@ func (e *env) checksum(s *stdio, name string, args []string, digest func(*file) 
 		switch {
 		case isDir:
 			e.fprintf(s.err, "%s: read error: Is a directory\n", name)
+			status = 1
+		case found && sum == "":
+			e.fprintf(s.err, "%s: %s: not hashed (the simulator's Config.NoMD5)\n", name, a)
 			status = 1
 		case !found:
 			e.fprintf(s.err, "%s: can't open '%s': No such file or directory\n", name, a)

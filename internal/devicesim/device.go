@@ -101,6 +101,10 @@ type Config struct {
 	// MeterGroup is the device's group for Meter.MaxBusyIn (for example
 	// its location).
 	MeterGroup string
+	// NoMD5 skips the MD5 of files written to the device (md5sum then
+	// fails on them), for benchmarks at scale: hashing every uploaded byte
+	// twice is the simulator's largest cost, not the library's.
+	NoMD5 bool
 	// Model is the content of /tmp/sysinfo/model. Defaults to DefaultModel.
 	Model string
 	// BoardName is the content of /tmp/sysinfo/board_name. Defaults to

@@ -40,6 +40,7 @@ type file struct {
 	data    []byte // whole content, when full
 	full    bool
 	mtime   time.Time
+	noMD5   bool // written with Config.NoMD5: md5 is unknown
 }
 
 func newFileFromBytes(b []byte) *file {
@@ -400,7 +401,10 @@ type fileWriter struct {
 // createLocked truncates or creates p and returns a writer for it. The
 // parent directory must exist.
 func (d *Device) createLocked(p string, appendTo bool) (*fileWriter, error) {
-	w := &fileWriter{d: d, path: p, boot: d.bootID, h: sha256.New(), md5: md5.New(), full: true}
+	w := &fileWriter{d: d, path: p, boot: d.bootID, h: sha256.New(), full: true}
+	if !d.cfg.NoMD5 {
+		w.md5 = md5.New()
+	}
 	switch {
 	case p == "/dev/null":
 		w.discard = true
@@ -502,7 +506,9 @@ func (w *fileWriter) write(p []byte) (int, error) {
 // add appends p to the content, with no checks and no lock.
 func (w *fileWriter) add(p []byte) {
 	w.h.Write(p)
-	w.md5.Write(p)
+	if w.md5 != nil {
+		w.md5.Write(p)
+	}
 	_, _ = w.tail.Write(p)
 	if len(w.head) < headSize {
 		w.head = append(w.head, p[:min(len(p), headSize-len(w.head))]...)
@@ -586,7 +592,11 @@ func (w *fileWriter) commitLocked() {
 		f = newFileFromBytes(w.data)
 	} else {
 		copy(f.sum[:], w.h.Sum(nil))
-		copy(f.md5[:], w.md5.Sum(nil))
+		if w.md5 != nil {
+			copy(f.md5[:], w.md5.Sum(nil))
+		} else {
+			f.noMD5 = true
+		}
 	}
 	w.d.mu.Lock()
 	defer w.d.mu.Unlock()
