@@ -65,7 +65,14 @@ func (f *MemFiles) Put(ctx context.Context, key string, r io.Reader) (int64, err
 	if _, dup := f.m[key]; dup {
 		return 0, fmt.Errorf("upgrader: file %q exists", key)
 	}
-	f.m[key] = buf.Bytes()
+	// Keep exactly the bytes read: the buffer grew by doubling, and a
+	// 32 MiB image would otherwise hold up to 64 MiB for as long as it is
+	// stored.
+	b := buf.Bytes()
+	if cap(b) > len(b)+len(b)/8 {
+		b = bytes.Clone(b)
+	}
+	f.m[key] = b
 	return n, nil
 }
 
