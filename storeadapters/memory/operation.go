@@ -405,6 +405,16 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 	return br.out(), out, nil
 }
 
+// batchRec returns the record of batch id, or ErrNotFound (store held
+// locked, or read-locked).
+func (s *Store) batchRec(id string) (*batchRec, error) {
+	br, ok := s.batches[id]
+	if !ok {
+		return nil, notFound("batch", id)
+	}
+	return br, nil
+}
+
 // Batch implements store.Batches.
 func (s *Store) Batch(ctx context.Context, id string) (store.Batch, error) {
 	if err := ctxErr(ctx); err != nil {
@@ -412,9 +422,9 @@ func (s *Store) Batch(ctx context.Context, id string) (store.Batch, error) {
 	}
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	br, ok := s.batches[id]
-	if !ok {
-		return store.Batch{}, notFound("batch", id)
+	br, err := s.batchRec(id)
+	if err != nil {
+		return store.Batch{}, err
 	}
 	return br.out(), nil
 }
@@ -448,9 +458,9 @@ func (s *Store) SetBatchState(ctx context.Context, id string, from, to status.Ba
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	br, ok := s.batches[id]
-	if !ok {
-		return store.Batch{}, notFound("batch", id)
+	br, err := s.batchRec(id)
+	if err != nil {
+		return store.Batch{}, err
 	}
 	if err := store.CheckBatchStateChange(br.b, from, to); err != nil {
 		return store.Batch{}, err
@@ -466,9 +476,9 @@ func (s *Store) SetRollout(ctx context.Context, id string, r store.Rollout) (sto
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	br, ok := s.batches[id]
-	if !ok {
-		return store.Batch{}, notFound("batch", id)
+	br, err := s.batchRec(id)
+	if err != nil {
+		return store.Batch{}, err
 	}
 	if err := store.CheckRolloutChange(br.b, r); err != nil {
 		return store.Batch{}, err
@@ -489,9 +499,9 @@ func (s *Store) CancelBatch(ctx context.Context, id string) (store.Batch, []stor
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	br, ok := s.batches[id]
-	if !ok {
-		return store.Batch{}, nil, notFound("batch", id)
+	br, err := s.batchRec(id)
+	if err != nil {
+		return store.Batch{}, nil, err
 	}
 	if err := store.CheckBatchCancel(br.b); err != nil {
 		return store.Batch{}, nil, err
