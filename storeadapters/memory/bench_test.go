@@ -30,7 +30,7 @@ func setupBatch(b *testing.B, n int) (*memory.Store, store.Batch, []store.Operat
 		require.NoError(b, err)
 		ops[i] = store.Operation{DeviceID: d.ID, ImageID: im.ID}
 	}
-	bt, out, err := s.CreateBatch(ctx, store.Batch{Organization: "org", BuildID: bu.ID}, ops)
+	bt, out, err := s.CreateBatch(ctx, store.Batch{Organization: "org", BuildID: bu.ID, State: status.BatchInProgress}, ops)
 	require.NoError(b, err)
 	return s, bt, out
 }
