@@ -251,7 +251,10 @@ type Config struct {
 	LeaseDuration time.Duration
 	// PollInterval is how often an idle engine asks the store for work that
 	// other engines enqueued or released (±20 % jitter). Work enqueued
-	// through this engine starts at once. Defaults to DefaultPollInterval.
+	// through this engine starts at once, and so does work announced by a
+	// store that implements store.Notifier (then a cancel made elsewhere
+	// also reaches this engine's attempt at once). Defaults to
+	// DefaultPollInterval.
 	PollInterval time.Duration
 	// MaintenanceInterval is how often the engine ends operations whose
 	// deadline passed while nobody held them and moves batches to their

@@ -127,6 +127,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.loops.Add(2)
 	go e.produce()
 	go e.maintain()
+	if n, ok := e.store.(store.Notifier); ok {
+		e.loops.Add(1)
+		go e.listen(n)
+	}
 	return nil
 }
 
