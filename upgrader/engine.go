@@ -50,7 +50,13 @@ type Engine struct {
 	killDead context.CancelFunc
 	stopDone chan struct{} // closed when the first Stop returns
 	deadOnce sync.Once
-	loops    sync.WaitGroup // producer and maintenance
+	loops    sync.WaitGroup // producer, maintenance, notifications, batch events
+
+	// Batches whose operations changed state, for the batch events (see
+	// batchEvents).
+	batchMu    sync.Mutex
+	batchDirty map[string]struct{}
+	batchKick  chan struct{}
 	jobs     chan claimed   // claimed operations, from the producer to the workers
 	workers  sync.WaitGroup
 }
@@ -73,6 +79,7 @@ func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 		held:      map[string]*claim{},
 		waiters:   map[string][]chan struct{}{},
 		renewKick: make(chan struct{}, 1),
+		batchKick: make(chan struct{}, 1),
 		stopDone:  make(chan struct{}),
 	}
 	e.dead, e.killDead = context.WithCancel(context.Background())
@@ -124,9 +131,10 @@ func (e *Engine) Start(ctx context.Context) error {
 	for range e.cfg.Workers {
 		go e.worker()
 	}
-	e.loops.Add(2)
+	e.loops.Add(3)
 	go e.produce()
 	go e.maintain()
+	go e.batchEvents()
 	if n, ok := e.store.(store.Notifier); ok {
 		e.loops.Add(1)
 		go e.listen(n)
@@ -571,10 +579,71 @@ func (e *Engine) published(op store.Operation, kind EventKind) {
 		if op.State.Terminal() || op.State == status.Pending {
 			e.maint.wakeAt(now) // its wave may have settled
 		}
-		ctx, cancel := e.eventContext()
-		defer cancel()
-		if b, err := e.store.Batch(ctx, op.BatchID); err == nil {
-			e.publishBatch(b, EventBatchState)
+		e.batchChanged(op.BatchID)
+	}
+}
+
+// batchCoalesce is how long batch events wait to gather the changes of
+// several operations into one read of the batch.
+const batchCoalesce = 50 * time.Millisecond
+
+// batchChanged publishes a batch event for batch id: soon, from the
+// batchEvents loop, when the engine runs (one store read per batch for
+// the changes of many operations), at once otherwise.
+func (e *Engine) batchChanged(id string) {
+	e.mu.Lock()
+	running := e.started && e.runCtx.Err() == nil
+	e.mu.Unlock()
+	if !running {
+		e.publishBatchOf(id)
+		return
+	}
+	e.batchMu.Lock()
+	if e.batchDirty == nil {
+		e.batchDirty = map[string]struct{}{}
+	}
+	e.batchDirty[id] = struct{}{}
+	e.batchMu.Unlock()
+	select {
+	case e.batchKick <- struct{}{}:
+	default:
+	}
+}
+
+// batchEvents publishes the batch events of the batches batchChanged
+// marked, each read once per round.
+func (e *Engine) batchEvents() {
+	defer e.loops.Done()
+	for {
+		stopping := false
+		select {
+		case <-e.batchKick:
+			select {
+			case <-time.After(batchCoalesce):
+			case <-e.runCtx.Done():
+				stopping = true
+			}
+		case <-e.runCtx.Done():
+			stopping = true
 		}
+		e.batchMu.Lock()
+		dirty := e.batchDirty
+		e.batchDirty = nil
+		e.batchMu.Unlock()
+		for id := range dirty {
+			e.publishBatchOf(id)
+		}
+		if stopping {
+			return
+		}
+	}
+}
+
+// publishBatchOf reads batch id and publishes its EventBatchState.
+func (e *Engine) publishBatchOf(id string) {
+	ctx, cancel := e.eventContext()
+	defer cancel()
+	if b, err := e.store.Batch(ctx, id); err == nil {
+		e.publishBatch(b, EventBatchState)
 	}
 }
