@@ -57,8 +57,8 @@ type Engine struct {
 	batchMu    sync.Mutex
 	batchDirty map[string]struct{}
 	batchKick  chan struct{}
-	jobs     chan claimed   // claimed operations, from the producer to the workers
-	workers  sync.WaitGroup
+	jobs       chan claimed // claimed operations, from the producer to the workers
+	workers    sync.WaitGroup
 }
 
 // New returns an engine over s that picks upgraders from reg. cfg may be
