@@ -58,6 +58,13 @@ func (a *attempt) flash(ctx context.Context) error {
 	var out string
 	var err error
 	for try := 1; try <= flashSendTries; try++ {
+		if try > 1 && errors.Is(context.Cause(ctx), upgrader.ErrLeaseLost) {
+			// The claim is gone: another engine may be verifying this
+			// operation by now, and must not find the device flashed
+			// behind its back. Leave the device alone (no undo either).
+			a.logf(ctx, "The claim on the operation was lost before the flash command could be sent again: the device was not flashed")
+			return fmt.Errorf("openwrt: the flash command was not sent again: %w", upgrader.ErrLeaseLost)
+		}
 		if a.c == nil {
 			if a.c, err = a.connect(sctx); err != nil {
 				a.logf(ctx, "Cannot reconnect to send the flash command: %v", err)

@@ -1,6 +1,7 @@
 package openwrt
 
 import (
+	"context"
 	"io"
 	"net"
 	"sync"
@@ -113,4 +114,29 @@ func TestFlashCommandThatCouldNotStart(t *testing.T) {
 			require.False(t, left, "the image was removed")
 		})
 	}
+}
+
+// A claim lost while the flash command could not be sent is not sent
+// again: another engine may be verifying the operation by then and must not
+// find the device flashed behind its back (found by the multi-process
+// tests). The device is left alone, not even restored: the new holder owns
+// it now.
+func TestFlashNotSentAgainAfterTheClaimWasLost(t *testing.T) {
+	t.Parallel()
+	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 1 << 20}
+	var proxy *cutProxy
+	b := setup(t, setupOpts{img: &big,
+		creds: func(b *bundle, c *Credentials) { c.Address = proxy.ln.Addr().String() }})
+	proxy = newCutProxy(t, b.dev.Addr())
+	ctx, cancel := context.WithCancelCause(context.Background())
+	defer cancel(nil)
+	b.rep.onProgress = func(pct int) {
+		if pct == status.ProgressFlashing { // decided, not yet sent
+			proxy.cut(0)
+			cancel(upgrader.ErrLeaseLost) // the engine gave the claim up meanwhile
+		}
+	}
+	err := b.u.Upgrade(ctx, b.job)
+	require.ErrorIs(t, err, upgrader.ErrLeaseLost)
+	require.Zero(t, b.dev.Flashed(), "not flashed: the first send never started, and there was no second")
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -105,10 +106,15 @@ func (r *reporter) Cancelled(ctx context.Context) error {
 	}
 	op, err := r.e.store.Operation(ctx, r.op.ID)
 	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
+		// The store could not be read: as far as this checkpoint knows,
+		// nothing was cancelled. The attempt goes on, and the next phase it
+		// records (the move into flashing above all, a compare-and-set)
+		// meets the failure or the cancel; failing the operation here
+		// would end it for good over a passing store outage.
+		if ctx.Err() == nil {
+			r.e.log.Warn("checking for a cancel failed; going on", slog.String("operation", r.op.ID), slog.Any("error", err))
 		}
-		return err
+		return ctx.Err()
 	}
 	if op.State == status.Cancelled {
 		return ErrCancelled
