@@ -26,7 +26,8 @@ const (
 	// a reconnection, when notifications may have been missed.
 	NotifyWork NotificationKind = "work"
 	// NotifyCancel: operation OperationID was cancelled (by a user, or
-	// with its batch).
+	// with its batch); without an OperationID, some operations were (too
+	// many to name).
 	NotifyCancel NotificationKind = "cancel"
 )
 

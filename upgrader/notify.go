@@ -29,7 +29,9 @@ func (e *Engine) listen(n store.Notifier) {
 				case store.NotifyWork:
 					e.prod.wake()
 				case store.NotifyCancel:
-					if e.heldClaim(nt.OperationID) != nil {
+					// An unnamed cancel stands for many (a large batch
+					// cancelled): renew whatever is held.
+					if nt.OperationID == "" || e.heldClaim(nt.OperationID) != nil {
 						e.kickRenewal()
 					}
 					e.wakeWaiters(nt.OperationID)

@@ -335,6 +335,11 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 		if err := s.insertOps(ctx, tx, prepared); err != nil {
 			return err
 		}
+		if b.State == status.BatchInProgress {
+			if err := s.notifyWork(ctx, tx); err != nil {
+				return err
+			}
+		}
 		outB, outOps = b, prepared
 		return nil
 	})
@@ -402,7 +407,10 @@ func (s *Store) changeBatch(ctx context.Context, id string, fn func(b store.Batc
 			return err
 		}
 		out = b
-		return s.writeBatch(ctx, tx, b)
+		if err := s.writeBatch(ctx, tx, b); err != nil || b.State != status.BatchInProgress {
+			return err
+		}
+		return s.notifyWork(ctx, tx)
 	})
 	if err != nil {
 		return store.Batch{}, err
@@ -512,6 +520,9 @@ func (s *Store) CancelBatch(ctx context.Context, id string) (store.Batch, []stor
 		if err := s.writeBatch(ctx, tx, b, ws...); err != nil {
 			return err
 		}
+		if err := s.notifyCancelled(ctx, tx, ops, changed); err != nil {
+			return err
+		}
 		outB, outOps = b, changed
 		return nil
 	})
@@ -553,7 +564,7 @@ func (s *Store) AdvanceBatches(ctx context.Context, limit int) ([]store.Batch, e
 				return err
 			}
 			if len(ids) == 0 {
-				return nil
+				break
 			}
 			after = ids[len(ids)-1]
 			locked, err := s.lockBatches(ctx, tx, ids)
@@ -583,7 +594,7 @@ func (s *Store) AdvanceBatches(ctx context.Context, limit int) ([]store.Batch, e
 				out = append(out, next)
 			}
 		}
-		return nil
+		return s.notifyAdvanced(ctx, tx, out)
 	})
 	if err != nil {
 		return nil, err

@@ -534,6 +534,9 @@ func (s *Store) ReleaseOperation(ctx context.Context, id string, token int64) er
 		}
 		_, err = tx.Exec(ctx, s.sql(`UPDATE {{schema}}.operations SET lease_expires_at = NULL, start_in_flight = false
 			WHERE id = $1`), id)
+		if err == nil {
+			err = s.notifyWork(ctx, tx)
+		}
 		return err
 	})
 }

@@ -52,6 +52,18 @@
 // leases, per group, start rate) across processes without scanning a large
 // capped batch.
 //
+// # Notifications and image bytes
+//
+// The store implements store.Notifier with LISTEN/NOTIFY on a channel of its
+// schema (NotifyChannel): notices are sent inside the transaction of the
+// change (new or released work, a batch started, resumed or changed, an
+// operation cancelled), so none is seen before its change commits. Listen
+// holds one connection of its own. Notices are hints; engines keep polling.
+//
+// Files (NewFiles) keeps image bytes in the database, in chunks
+// (FileChunkSize), streamed both ways and readable at any offset, so a
+// deployment on several machines needs nothing but PostgreSQL.
+//
 // # Sizes
 //
 // Measured on a 2-core machine against a local PostgreSQL 15 (fsync off):

@@ -340,6 +340,11 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 				return err
 			}
 		}
+		if b == nil || b.State == status.BatchInProgress {
+			if err := s.notifyWork(ctx, tx); err != nil {
+				return err
+			}
+		}
 		out = *p
 		return nil
 	})
@@ -468,6 +473,9 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 		}
 		next, err := s.update(ctx, tx, op, u, t, nil)
 		out = next
+		if err == nil {
+			err = s.notifyCancelled(ctx, tx, []store.Operation{op}, []store.Operation{next})
+		}
 		return err
 	})
 	if err != nil {
