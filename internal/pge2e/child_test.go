@@ -199,7 +199,10 @@ func childEngine(spec childSpec, log *slog.Logger, wrap func(store.Store) store.
 	eng, err := upgrader.New(es, reg, &upgrader.Config{
 		Logger: log, Owner: spec.Owner, Workers: spec.Workers, Files: files,
 		LeaseDuration: spec.Lease, PollInterval: spec.Poll, MaintenanceInterval: spec.Maintenance,
-		Retry: upgrader.RetryPolicy{InitialInterval: 100 * time.Millisecond, MaxInterval: 500 * time.Millisecond,
+		// Every attempt a killed process (or a lease lost on a loaded
+		// machine) interrupted counts against the retries: the budget is
+		// set so that these tests are about take-overs, not about it.
+		Retry: upgrader.RetryPolicy{MaxRetries: 10, InitialInterval: 100 * time.Millisecond, MaxInterval: 500 * time.Millisecond,
 			RandomizationFactor: upgrader.NoRetryRandomization},
 		Offline: upgrader.OfflinePolicy{InitialInterval: 200 * time.Millisecond, MaxInterval: time.Second,
 			RandomizationFactor: upgrader.NoRetryRandomization},

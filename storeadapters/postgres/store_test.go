@@ -311,8 +311,7 @@ func TestLargeBatch(t *testing.T) {
 	created := time.Since(t0)
 	require.NoError(t, err)
 	require.Len(t, out, n)
-	t.Logf("CreateBatch of %d operations: %s", n, created)
-	assert.Less(t, created, time.Duration(n)*300*time.Microsecond, "CreateBatch of %d operations", n)
+	t.Logf("CreateBatch of %d operations: %s (speed is measured by BenchmarkCreateBatch100k, not here)", n, created)
 	assert.Equal(t, []int{1, n/10 - 1, n - n/10}, []int{b.WaveTallies[0].Size, b.WaveTallies[1].Size, b.WaveTallies[2].Size})
 
 	t0 = time.Now()
