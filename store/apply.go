@@ -217,3 +217,30 @@ func ImageFitsOrganization(imageOrg, deviceOrg string) bool {
 
 // Ptr returns a pointer to v, for OperationUpdate's optional fields.
 func Ptr[T any](v T) *T { return &v }
+
+// CheckOperationFits validates a new operation's device (of organization
+// deviceOrg) against its image (of organization imageOrg and build
+// imageBuild) and, when it joins one, its batch b: the image must be shared
+// or of the device's organization (ErrOrganizationMismatch), of the
+// batch's build (a *ValidationError on "ImageID"), and a batch with an
+// organization takes only devices of that organization
+// (ErrOrganizationMismatch). Adapters call it for CreateOperation and
+// CreateBatch.
+func CheckOperationFits(op Operation, deviceOrg, imageOrg, imageBuild string, b *Batch) error {
+	if !ImageFitsOrganization(imageOrg, deviceOrg) {
+		return fmt.Errorf("%w: image %s of organization %q, device %q of organization %q",
+			ErrOrganizationMismatch, op.ImageID, imageOrg, op.DeviceID, deviceOrg)
+	}
+	if b == nil {
+		return nil
+	}
+	if imageBuild != b.BuildID {
+		return &ValidationError{Record: "operation", Field: "ImageID",
+			Problem: fmt.Sprintf("image %s is of build %s, not of the batch's build %s", op.ImageID, imageBuild, b.BuildID)}
+	}
+	if b.Organization != "" && deviceOrg != b.Organization {
+		return fmt.Errorf("%w: device %q of organization %q in a batch of organization %q",
+			ErrOrganizationMismatch, op.DeviceID, deviceOrg, b.Organization)
+	}
+	return nil
+}

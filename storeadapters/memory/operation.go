@@ -23,19 +23,10 @@ func (s *Store) prepareOp(op store.Operation, batch *store.Batch, busy, ids map[
 	if !ok {
 		return op, notFound("image", op.ImageID)
 	}
-	if !store.ImageFitsOrganization(im.Organization, d.Organization) {
-		return op, fmt.Errorf("%w: image %s of organization %q, device %q of organization %q",
-			store.ErrOrganizationMismatch, im.ID, im.Organization, d.ID, d.Organization)
+	if err := store.CheckOperationFits(op, d.Organization, im.Organization, im.BuildID, batch); err != nil {
+		return op, err
 	}
 	if batch != nil {
-		if im.BuildID != batch.BuildID {
-			return op, &store.ValidationError{Record: "operation", Field: "ImageID",
-				Problem: fmt.Sprintf("image %s is of build %s, not of the batch's build %s", im.ID, im.BuildID, batch.BuildID)}
-		}
-		if batch.Organization != "" && d.Organization != batch.Organization {
-			return op, fmt.Errorf("%w: device %q of organization %q in a batch of organization %q",
-				store.ErrOrganizationMismatch, d.ID, d.Organization, batch.Organization)
-		}
 		op.BatchID = batch.ID
 	}
 	if id, ok := s.activeOp[d.ID]; ok {

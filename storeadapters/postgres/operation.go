@@ -207,19 +207,10 @@ func (s *Store) prepareOps(ctx context.Context, tx pgx.Tx, ops []store.Operation
 		if !ok {
 			return nil, notFound("image", op.ImageID)
 		}
-		if !store.ImageFitsOrganization(im.org, d.org) {
-			return nil, fmt.Errorf("%w: image %s of organization %q, device %q of organization %q",
-				store.ErrOrganizationMismatch, op.ImageID, im.org, op.DeviceID, d.org)
+		if err := store.CheckOperationFits(op, d.org, im.org, im.buildID, b); err != nil {
+			return nil, err
 		}
 		if b != nil {
-			if im.buildID != b.BuildID {
-				return nil, &store.ValidationError{Record: "operation", Field: "ImageID",
-					Problem: fmt.Sprintf("image %s is of build %s, not of the batch's build %s", op.ImageID, im.buildID, b.BuildID)}
-			}
-			if b.Organization != "" && d.org != b.Organization {
-				return nil, fmt.Errorf("%w: device %q of organization %q in a batch of organization %q",
-					store.ErrOrganizationMismatch, op.DeviceID, d.org, b.Organization)
-			}
 			op.BatchID = b.ID
 		}
 		if other, ok := busyOp[op.DeviceID]; ok {
