@@ -34,7 +34,7 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -187,7 +187,7 @@ func benchThousand(b *testing.B, upg func(*openwrt.Config)) {
 		b.StopTimer()
 		r := newBatchRig(b, batchRigOpts{owners: []string{"bench"}, imageSize: 1 << 20,
 			engine: benchEngine(n), upgrader: upg})
-		devs := r.devices(b, n+1, func(int) devicesim.Config { return devicesim.Config{RebootDelay: 2 * time.Second, NoMD5: true} }, nil)
+		devs := r.devices(b, n+1, func(int) openwrttest.Config { return openwrttest.Config{RebootDelay: 2 * time.Second, NoMD5: true} }, nil)
 		r.start(b)
 		ids := make([]string, n)
 		for i, d := range devs[1:] {
@@ -259,7 +259,7 @@ func peakMemory(b *testing.B, child bool) {
 			host = startDeviceHost(b, r, n, reboot)
 			ids = host.ids
 		} else {
-			for _, d := range r.devices(b, n, func(int) devicesim.Config { return devicesim.Config{RebootDelay: reboot, NoMD5: true} }, nil) {
+			for _, d := range r.devices(b, n, func(int) openwrttest.Config { return openwrttest.Config{RebootDelay: reboot, NoMD5: true} }, nil) {
 				ids = append(ids, d.ID)
 			}
 		}
@@ -343,10 +343,10 @@ func TestBatchDeviceHost(t *testing.T) {
 		t.Fatalf("%s=%q: %v", envDeviceHost, spec, err)
 	}
 	out := bufio.NewWriter(os.Stdout)
-	devs := make(map[string]*devicesim.Device, n)
+	devs := make(map[string]*openwrttest.Device, n)
 	for range n {
 		id := uuid.NewString()
-		d, err := devicesim.New(devicesim.Config{UUID: id, RebootDelay: reboot, NoMD5: true})
+		d, err := openwrttest.New(openwrttest.Config{UUID: id, RebootDelay: reboot, NoMD5: true})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -412,8 +412,8 @@ func startDeviceHost(b *testing.B, r *batchRig, n int, reboot time.Duration) *de
 		r.mu.Lock()
 		r.remote[f[1]] = remoteDevice{addr: f[2], key: key}
 		r.mu.Unlock()
-		_, err = r.engines[0].RegisterDevice(context.Background(), store.Device{ID: f[1], Model: devicesim.DefaultModel,
-			BoardName: devicesim.DefaultBoardName, OSIdentifier: devicesim.DefaultRelease, Connection: "openwrt-ssh", Active: true})
+		_, err = r.engines[0].RegisterDevice(context.Background(), store.Device{ID: f[1], Model: openwrttest.DefaultModel,
+			BoardName: openwrttest.DefaultBoardName, OSIdentifier: openwrttest.DefaultRelease, Connection: "openwrt-ssh", Active: true})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -4,7 +4,7 @@ package openwrt_test
 // SSH: selection, outcomes per device, the rollout policy the store enforces
 // at claim time (caps, start rate, group limits, waves and thresholds,
 // schedules and windows), cancel, devices offline, and the dry run. What
-// the devices saw is measured from their side (devicesim.Meter, commands,
+// the devices saw is measured from their side (openwrttest.Meter, commands,
 // flashes), never by timing the test.
 
 import (
@@ -21,7 +21,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -63,10 +63,10 @@ func btStart(t *testing.T, f *fleet) {
 }
 
 // btDevices creates n devices of cfg.
-func btDevices(t *testing.T, f *fleet, n int, cfg devicesim.Config) ([]store.Device, []*devicesim.Device) {
+func btDevices(t *testing.T, f *fleet, n int, cfg openwrttest.Config) ([]store.Device, []*openwrttest.Device) {
 	t.Helper()
 	ds := make([]store.Device, n)
-	devs := make([]*devicesim.Device, n)
+	devs := make([]*openwrttest.Device, n)
 	for i := range n {
 		ds[i], devs[i] = f.device(t, cfg)
 	}
@@ -74,7 +74,7 @@ func btDevices(t *testing.T, f *fleet, n int, cfg devicesim.Config) ([]store.Dev
 }
 
 // btSim returns the simulated device of a device ID.
-func btSim(f *fleet, id string) *devicesim.Device {
+func btSim(f *fleet, id string) *openwrttest.Device {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.devs[id]
@@ -165,7 +165,7 @@ func btAllTerminal(t *testing.T, f *fleet, s upgrader.BatchStatus) map[string]st
 }
 
 // btUntouched requires that the device received nothing at all.
-func btUntouched(t *testing.T, dev *devicesim.Device, msgAndArgs ...any) {
+func btUntouched(t *testing.T, dev *openwrttest.Device, msgAndArgs ...any) {
 	t.Helper()
 	assert.Empty(t, dev.Commands(), msgAndArgs...)
 	assert.False(t, didFlash(dev), msgAndArgs...)
@@ -174,7 +174,7 @@ func btUntouched(t *testing.T, dev *devicesim.Device, msgAndArgs ...any) {
 
 // btUpgraded requires that the device was flashed exactly once and runs the
 // new release, with its services running.
-func btUpgraded(t *testing.T, dev *devicesim.Device, msgAndArgs ...any) {
+func btUpgraded(t *testing.T, dev *openwrttest.Device, msgAndArgs ...any) {
 	t.Helper()
 	assert.Equal(t, 1, dev.Flashed(), msgAndArgs...)
 	assert.Equal(t, e2eRelease, dev.Release(), msgAndArgs...)
@@ -183,11 +183,11 @@ func btUpgraded(t *testing.T, dev *devicesim.Device, msgAndArgs ...any) {
 
 // btNeverFlashed requires that the device was never flashed, kept its
 // release and runs its services, and that no image was left in its RAM.
-func btNeverFlashed(t *testing.T, f *fleet, dev *devicesim.Device, msgAndArgs ...any) {
+func btNeverFlashed(t *testing.T, f *fleet, dev *openwrttest.Device, msgAndArgs ...any) {
 	t.Helper()
 	assert.False(t, didFlash(dev), msgAndArgs...)
 	assert.Zero(t, dev.Flashed(), msgAndArgs...)
-	assert.Equal(t, devicesim.DefaultRelease, dev.Release(), msgAndArgs...)
+	assert.Equal(t, openwrttest.DefaultRelease, dev.Release(), msgAndArgs...)
 	servicesRunning(t, dev)
 	_, left := dev.File("/tmp/" + f.image.Name)
 	assert.False(t, left, "the uploaded image was removed")
@@ -218,12 +218,12 @@ func TestBatchMixedOutcomesEndEachDeviceRight(t *testing.T) {
 	// loaded machine would not all be reached again in time.
 	f := btFleet(t)
 	const normal, wrong = 44, 3
-	_, normals := btDevices(t, f, normal, devicesim.Config{})
-	wrongDs, wrongs := btDevices(t, f, wrong, devicesim.Config{BoardName: btWrongBoard, Model: "GL.iNet GL-AR150"})
-	down, downDev := f.device(t, devicesim.Config{})
+	_, normals := btDevices(t, f, normal, openwrttest.Config{})
+	wrongDs, wrongs := btDevices(t, f, wrong, openwrttest.Config{BoardName: btWrongBoard, Model: "GL.iNet GL-AR150"})
+	down, downDev := f.device(t, openwrttest.Config{})
 	require.NoError(t, downDev.Close()) // unreachable for the whole test
-	refusing, refusingDev := f.device(t, devicesim.Config{RequireImageMetadata: true})
-	lost, lostDev := f.device(t, devicesim.Config{Faults: devicesim.Faults{NeverComeBack: true}})
+	refusing, refusingDev := f.device(t, openwrttest.Config{RequireImageMetadata: true})
+	lost, lostDev := f.device(t, openwrttest.Config{Faults: openwrttest.Faults{NeverComeBack: true}})
 	btStart(t, f)
 
 	b, plan := btCreate(t, f, upgrader.BatchRequest{})
@@ -295,8 +295,8 @@ func TestBatchMaxConcurrentCapsBusyDevices(t *testing.T) {
 	// side of the connection noticed the close, a little after the engine
 	// released the lease; a loaded machine stretches that.
 	f := btFleet(t)
-	meter := devicesim.NewMeter()
-	_, devs := btDevices(t, f, 16, devicesim.Config{Meter: meter})
+	meter := openwrttest.NewMeter()
+	_, devs := btDevices(t, f, 16, openwrttest.Config{Meter: meter})
 	btStart(t, f)
 	b, _ := btCreate(t, f, upgrader.BatchRequest{Rollout: store.Rollout{MaxConcurrent: 4}})
 	s := btWait(t, f, b.ID)
@@ -331,8 +331,8 @@ func TestBatchStartRateLimitsFirstContacts(t *testing.T) {
 			return ctx.Err()
 		}
 	}
-	meter := devicesim.NewMeter()
-	_, devs := btDevices(t, f, 9, devicesim.Config{Meter: meter})
+	meter := openwrttest.NewMeter()
+	_, devs := btDevices(t, f, 9, openwrttest.Config{Meter: meter})
 	btStart(t, f)
 	b, _ := btCreate(t, f, upgrader.BatchRequest{Rollout: store.Rollout{StartRate: store.Rate{Count: 3, Per: time.Second}}})
 	s := btWait(t, f, b.ID)
@@ -357,12 +357,12 @@ func TestBatchStartRateLimitsFirstContacts(t *testing.T) {
 func TestBatchGroupLimitOnePerLocation(t *testing.T) {
 	// Not parallel: see TestBatchMaxConcurrentCapsBusyDevices.
 	f := btFleet(t)
-	meter := devicesim.NewMeter()
+	meter := openwrttest.NewMeter()
 	locs := []string{"rome", "turin", "milan"}
-	var devs []*devicesim.Device
+	var devs []*openwrttest.Device
 	for i := range 9 {
 		loc := locs[i%3]
-		d, dev := f.device(t, devicesim.Config{Meter: meter, MeterGroup: loc})
+		d, dev := f.device(t, openwrttest.Config{Meter: meter, MeterGroup: loc})
 		d.Location = loc
 		_, err := f.eng.RegisterDevice(context.Background(), d)
 		require.NoError(t, err)
@@ -389,9 +389,9 @@ func TestBatchGroupLimitOnePerLocation(t *testing.T) {
 func TestBatchCanaryFailurePausesThenResumeFinishes(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	meter := devicesim.NewMeter()
-	canary, canaryDev := f.device(t, devicesim.Config{Meter: meter, RequireImageMetadata: true})
-	_, others := btDevices(t, f, 5, devicesim.Config{Meter: meter})
+	meter := openwrttest.NewMeter()
+	canary, canaryDev := f.device(t, openwrttest.Config{Meter: meter, RequireImageMetadata: true})
+	_, others := btDevices(t, f, 5, openwrttest.Config{Meter: meter})
 	btStart(t, f)
 	first := func(d store.Device) int {
 		if d.ID == canary.ID {
@@ -441,10 +441,10 @@ func TestBatchCanaryFailurePausesThenResumeFinishes(t *testing.T) {
 func TestBatchFailureThresholdPausesMidWave(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	good1, good1Dev := f.device(t, devicesim.Config{})
-	bad1, bad1Dev := f.device(t, devicesim.Config{RequireImageMetadata: true})
-	bad2, bad2Dev := f.device(t, devicesim.Config{RequireImageMetadata: true})
-	rest, restDevs := btDevices(t, f, 5, devicesim.Config{})
+	good1, good1Dev := f.device(t, openwrttest.Config{})
+	bad1, bad1Dev := f.device(t, openwrttest.Config{RequireImageMetadata: true})
+	bad2, bad2Dev := f.device(t, openwrttest.Config{RequireImageMetadata: true})
+	rest, restDevs := btDevices(t, f, 5, openwrttest.Config{})
 	rank := map[string]int{good1.ID: 0, bad1.ID: 1, bad2.ID: 2}
 	for i, d := range rest {
 		rank[d.ID] = 3 + i
@@ -486,8 +486,8 @@ func TestBatchFailureThresholdPausesMidWave(t *testing.T) {
 func TestBatchStartAtTouchesNoDeviceBefore(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	meter := devicesim.NewMeter()
-	_, devs := btDevices(t, f, 4, devicesim.Config{Meter: meter})
+	meter := openwrttest.NewMeter()
+	_, devs := btDevices(t, f, 4, openwrttest.Config{Meter: meter})
 	btStart(t, f)
 	startAt := time.Now().Add(1500 * time.Millisecond)
 	b, _ := btCreate(t, f, upgrader.BatchRequest{Rollout: store.Rollout{StartAt: startAt}})
@@ -514,7 +514,7 @@ func TestBatchStartAtTouchesNoDeviceBefore(t *testing.T) {
 func TestBatchOutsideWindowHoldsUntilWindowChanged(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	_, devs := btDevices(t, f, 3, devicesim.Config{})
+	_, devs := btDevices(t, f, 3, openwrttest.Config{})
 	btStart(t, f)
 	now := time.Now()
 	b, _ := btCreate(t, f, upgrader.BatchRequest{Rollout: store.Rollout{
@@ -547,7 +547,7 @@ func TestBatchOutsideWindowHoldsUntilWindowChanged(t *testing.T) {
 func TestBatchCancelMidBatch(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	_, devs := btDevices(t, f, 10, devicesim.Config{})
+	_, devs := btDevices(t, f, 10, openwrttest.Config{})
 	btStart(t, f)
 	b, _ := btCreate(t, f, upgrader.BatchRequest{Rollout: store.Rollout{MaxConcurrent: 2}})
 	btEventually(t, "two successes", func() bool { return btStatus(t, f, b.ID).Counts[status.Success] >= 2 })
@@ -597,8 +597,8 @@ func TestBatchCancelMidBatch(t *testing.T) {
 func TestBatchOfflineDeviceUpgradedWhenBack(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	_, others := btDevices(t, f, 2, devicesim.Config{})
-	d, dev := f.device(t, devicesim.Config{})
+	_, others := btDevices(t, f, 2, openwrttest.Config{})
+	d, dev := f.device(t, openwrttest.Config{})
 	addr, key := dev.Addr(), dev.Signer()
 	require.NoError(t, dev.Close())
 	downAt := time.Now()
@@ -634,7 +634,7 @@ func TestBatchOfflineDeviceUpgradedWhenBack(t *testing.T) {
 	assert.Equal(t, status.ReasonConnectionFailed, op.Reason)
 
 	time.Sleep(time.Until(downAt.Add(time.Second)))
-	back, err := devicesim.New(devicesim.Config{UUID: d.ID, Addr: addr, HostKey: key, RebootDelay: 150 * time.Millisecond})
+	back, err := openwrttest.New(openwrttest.Config{UUID: d.ID, Addr: addr, HostKey: key, RebootDelay: 150 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, back.Start())
 	t.Cleanup(func() { back.Close() })
@@ -665,9 +665,9 @@ func TestBatchOfflineDeviceUpgradedWhenBack(t *testing.T) {
 func TestBatchOfflineCanaryDoesNotHoldTheNextWave(t *testing.T) {
 	t.Parallel()
 	f := btFleet(t)
-	canary, canaryDev := f.device(t, devicesim.Config{})
+	canary, canaryDev := f.device(t, openwrttest.Config{})
 	require.NoError(t, canaryDev.Close())
-	_, others := btDevices(t, f, 3, devicesim.Config{})
+	_, others := btDevices(t, f, 3, openwrttest.Config{})
 	btStart(t, f)
 	first := func(d store.Device) int {
 		if d.ID == canary.ID {
@@ -711,19 +711,19 @@ func TestBatchDryRunVerdictsAndChangesNothing(t *testing.T) {
 	t.Parallel()
 	var _ upgrader.Checker = (*openwrt.Upgrader)(nil)
 	f := btFleet(t)
-	ready, readyDev := f.device(t, devicesim.Config{})
-	wrong, wrongDev := f.device(t, devicesim.Config{BoardName: btWrongBoard, Model: "GL.iNet GL-AR150"})
-	down, downDev := f.device(t, devicesim.Config{})
+	ready, readyDev := f.device(t, openwrttest.Config{})
+	wrong, wrongDev := f.device(t, openwrttest.Config{BoardName: btWrongBoard, Model: "GL.iNet GL-AR150"})
+	down, downDev := f.device(t, openwrttest.Config{})
 	require.NoError(t, downDev.Close())
 	// Already runs the image (its checksum file says so); the store does
 	// not know.
-	installed, installedDev := f.device(t, devicesim.Config{
+	installed, installedDev := f.device(t, openwrttest.Config{
 		Files: map[string][]byte{openwrt.ChecksumFile: []byte(f.image.SHA256 + "\n")}})
 	// Already on the build, as the store knows from its OS identifier.
-	onBuild, onBuildDev := f.device(t, devicesim.Config{Release: e2eRelease})
+	onBuild, onBuildDev := f.device(t, openwrttest.Config{Release: e2eRelease})
 	// Another device answers at this one's address: its UUID differs.
-	stranger, strangerDev := f.device(t, devicesim.Config{})
-	impostor, err := devicesim.New(devicesim.Config{UUID: uuid.NewString(), RebootDelay: 150 * time.Millisecond})
+	stranger, strangerDev := f.device(t, openwrttest.Config{})
+	impostor, err := openwrttest.New(openwrttest.Config{UUID: uuid.NewString(), RebootDelay: 150 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, impostor.Start())
 	t.Cleanup(func() { impostor.Close() })
@@ -732,8 +732,8 @@ func TestBatchDryRunVerdictsAndChangesNothing(t *testing.T) {
 	f.mu.Unlock()
 	btStart(t, f)
 
-	reading := []*devicesim.Device{readyDev, installedDev, impostor}
-	filesBefore := map[*devicesim.Device][]string{}
+	reading := []*openwrttest.Device{readyDev, installedDev, impostor}
+	filesBefore := map[*openwrttest.Device][]string{}
 	for _, dev := range reading {
 		filesBefore[dev] = dev.Files()
 	}
@@ -780,7 +780,7 @@ func TestBatchDryRunVerdictsAndChangesNothing(t *testing.T) {
 		assert.Zero(t, dev.Flashed())
 		servicesRunning(t, dev)
 	}
-	assert.Equal(t, devicesim.DefaultRelease, readyDev.Release())
+	assert.Equal(t, openwrttest.DefaultRelease, readyDev.Release())
 }
 
 // btReadTools are the commands a dry run may run: reads.
@@ -788,7 +788,7 @@ var btReadTools = []string{"cat", "uci", "ubus", "df", "ls", "test", "[", "echo"
 
 // btReadsOnly requires that the device received nothing but reads: no
 // upload, no sysupgrade (not even --test), no service stopped, no write.
-func btReadsOnly(t *testing.T, dev *devicesim.Device) {
+func btReadsOnly(t *testing.T, dev *openwrttest.Device) {
 	t.Helper()
 	for _, c := range dev.Commands() {
 		assert.NotContains(t, c, "sysupgrade", "command %q", c)

@@ -2,7 +2,7 @@ package openwrt_test
 
 // Batches run by several engines over one store: the rollout's caps are
 // enforced by the store at claim time, so they hold for the engines
-// together. The devices measure it from their side (devicesim.Meter). The
+// together. The devices measure it from their side (openwrttest.Meter). The
 // batchRig here is shared with the benchmarks of batch_bench_test.go.
 
 import (
@@ -21,7 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -121,7 +121,7 @@ type batchRig struct {
 	image   store.Image
 
 	mu   sync.RWMutex
-	devs map[string]*devicesim.Device
+	devs map[string]*openwrttest.Device
 	// remote are devices simulated by another process (see
 	// startDeviceHost): their address and host key.
 	remote map[string]remoteDevice
@@ -135,7 +135,7 @@ type remoteDevice struct {
 func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 	tb.Helper()
 	r := &batchRig{st: memory.New(), files: upgrader.NewMemFiles(), claims: &claimRecord{owners: map[string]map[string]int{}},
-		devs: map[string]*devicesim.Device{}, remote: map[string]remoteDevice{}}
+		devs: map[string]*openwrttest.Device{}, remote: map[string]remoteDevice{}}
 	// Registered before the devices exist: r.close stops the engines, then
 	// closes every device.
 	tb.Cleanup(r.close)
@@ -156,7 +156,7 @@ func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 						return openwrt.Credentials{}, err
 					}
 				}
-				return openwrt.Credentials{Address: rd.addr, User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+				return openwrt.Credentials{Address: rd.addr, User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 					HostKeyCallback: openwrt.PinnedKey(rd.key)}, nil
 			},
 			ConnectTimeout: 5 * time.Second, CommandTimeout: 10 * time.Second, UpgradeTimeout: 10 * time.Second,
@@ -194,7 +194,7 @@ func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 	if size == 0 {
 		size = 256 << 10
 	}
-	sim := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: e2eRelease, Size: size}
+	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: size}
 	r.image, err = host.CreateImage(ctx, store.Image{BuildID: r.build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(tb, err)
 	return r
@@ -212,7 +212,7 @@ func (r *batchRig) close() {
 	}
 	wg.Wait()
 	r.mu.RLock()
-	devs := make([]*devicesim.Device, 0, len(r.devs))
+	devs := make([]*openwrttest.Device, 0, len(r.devs))
 	for _, d := range r.devs {
 		devs = append(devs, d)
 	}
@@ -238,7 +238,7 @@ func (r *batchRig) start(tb testing.TB) {
 
 // devices starts n simulated devices made by cfg(i) (UUID set here) and
 // registers them with location loc(i) (nil: none), a few at a time.
-func (r *batchRig) devices(tb testing.TB, n int, cfg func(i int) devicesim.Config, loc func(i int) string) []store.Device {
+func (r *batchRig) devices(tb testing.TB, n int, cfg func(i int) openwrttest.Config, loc func(i int) string) []store.Device {
 	tb.Helper()
 	out := make([]store.Device, n)
 	errs := make([]error, n)
@@ -258,10 +258,10 @@ func (r *batchRig) devices(tb testing.TB, n int, cfg func(i int) devicesim.Confi
 	return out
 }
 
-func (r *batchRig) device(cfg devicesim.Config, loc func(int) string, i int) (store.Device, error) {
+func (r *batchRig) device(cfg openwrttest.Config, loc func(int) string, i int) (store.Device, error) {
 	id := uuid.NewString()
 	cfg.UUID = id
-	dev, err := devicesim.New(cfg)
+	dev, err := openwrttest.New(cfg)
 	if err != nil {
 		return store.Device{}, err
 	}
@@ -280,7 +280,7 @@ func (r *batchRig) device(cfg devicesim.Config, loc func(int) string, i int) (st
 	return r.engines[0].RegisterDevice(context.Background(), d)
 }
 
-func (r *batchRig) dev(id string) *devicesim.Device {
+func (r *batchRig) dev(id string) *openwrttest.Device {
 	r.mu.RLock()
 	defer r.mu.RUnlock()
 	return r.devs[id]
@@ -320,10 +320,10 @@ func TestTwoEnginesSharingAStoreKeepABatchWithinItsCaps(t *testing.T) {
 		capGroup  = 2
 	)
 	r := newBatchRig(t, batchRigOpts{owners: []string{"engine-a", "engine-b"}, workers: 16, credsDelay: 20 * time.Millisecond})
-	meter := devicesim.NewMeter()
+	meter := openwrttest.NewMeter()
 	loc := func(i int) string { return fmt.Sprintf("site-%d", i%locations) }
-	devs := r.devices(t, devices, func(i int) devicesim.Config {
-		return devicesim.Config{RebootDelay: 100 * time.Millisecond, Meter: meter, MeterGroup: loc(i)}
+	devs := r.devices(t, devices, func(i int) openwrttest.Config {
+		return openwrttest.Config{RebootDelay: 100 * time.Millisecond, Meter: meter, MeterGroup: loc(i)}
 	}, loc)
 	r.start(t)
 	engA, engB := r.engines[0], r.engines[1]

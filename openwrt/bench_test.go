@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 )
 
 // BenchmarkUpload uploads a simulated image to a simulated device (in the
@@ -20,18 +20,18 @@ func BenchmarkUpload(b *testing.B) {
 	for _, m := range []UploadMethod{UploadSFTP, UploadSCP, UploadCat} {
 		for _, size := range []int64{1 << 20, 32 << 20} {
 			b.Run(fmt.Sprintf("%s/%dMiB", m, size>>20), func(b *testing.B) {
-				dev, err := devicesim.New(devicesim.Config{SFTP: true, SCP: true, MemAvailable: 100 << 20})
+				dev, err := openwrttest.New(openwrttest.Config{SFTP: true, SCP: true, MemAvailable: 100 << 20})
 				require.NoError(b, err)
 				require.NoError(b, dev.Start())
 				b.Cleanup(func() { dev.Close() })
 				ctx := context.Background()
 				c, err := dial(ctx, Credentials{
-					Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+					Address: dev.Addr(), User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 					HostKeyCallback: PinnedKey(dev.HostKey()),
 				}, 5*time.Second)
 				require.NoError(b, err)
 				b.Cleanup(func() { c.Close() })
-				img := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: size}
+				img := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: size}
 				want := img.SHA256()
 				b.SetBytes(size)
 				b.ReportAllocs()
@@ -74,8 +74,8 @@ func BenchmarkReconnectAfterSilentReboot(b *testing.B) {
 		b.Run(tc.name, func(b *testing.B) {
 			var after []time.Duration
 			for range b.N {
-				bd := setup(b, setupOpts{sim: devicesim.Config{RebootDelay: 10 * time.Second,
-					Faults: devicesim.Faults{SilentReboot: true}}, config: tc.cfg})
+				bd := setup(b, setupOpts{sim: openwrttest.Config{RebootDelay: 10 * time.Second,
+					Faults: openwrttest.Faults{SilentReboot: true}}, config: tc.cfg})
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 				upAt := make(chan time.Time, 1)
 				go func() {

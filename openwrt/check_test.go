@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
@@ -28,8 +28,8 @@ var allChecks = []string{
 }
 
 // fwtoolImage is the test image with fwtool metadata for boards.
-func fwtoolImage(boards ...string) *devicesim.Image {
-	return &devicesim.Image{Boards: boards, Release: newRelease, Size: testImgSize, Fwtool: true}
+func fwtoolImage(boards ...string) *openwrttest.Image {
+	return &openwrttest.Image{Boards: boards, Release: newRelease, Size: testImgSize, Fwtool: true}
 }
 
 // deviceState is what a dry run must leave as it found it.
@@ -42,7 +42,7 @@ type deviceState struct {
 	UUID     string
 }
 
-func stateOf(dev *devicesim.Device) deviceState {
+func stateOf(dev *openwrttest.Device) deviceState {
 	s := deviceState{Files: map[string]string{}, Services: dev.Services(), Mem: dev.MemAvailable(),
 		BootID: dev.BootID(), Release: dev.Release()}
 	for _, p := range dev.Files() {
@@ -171,12 +171,12 @@ func TestCheckPasses(t *testing.T) {
 	t.Parallel()
 	t.Run("every check", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: fwtoolImage(devicesim.DefaultBoardName)})
+		b := setup(t, setupOpts{img: fwtoolImage(openwrttest.DefaultBoardName)})
 		checks, err := b.dryRun(t)
 		require.NoError(t, err)
 		require.Equal(t, allChecks, names(checks))
 		requireOnlyFailure(t, checks, "", "")
-		require.Contains(t, find(t, checks, upgrader.CheckBoard).Detail, devicesim.DefaultBoardName)
+		require.Contains(t, find(t, checks, upgrader.CheckBoard).Detail, openwrttest.DefaultBoardName)
 		require.Contains(t, find(t, checks, upgrader.CheckCompat).Detail, "compat_version 1.0")
 		require.Contains(t, find(t, checks, upgrader.CheckMemory).Detail, "(MemAvailable)")
 		require.Contains(t, find(t, checks, upgrader.CheckInstalled).Detail, "no "+ChecksumFile)
@@ -191,7 +191,7 @@ func TestCheckPasses(t *testing.T) {
 	})
 	t.Run("no metadata, release already running", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Release: newRelease}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Release: newRelease}})
 		checks, err := b.dryRun(t)
 		require.NoError(t, err)
 		require.Equal(t, allChecks, names(checks))
@@ -205,7 +205,7 @@ func TestCheckPasses(t *testing.T) {
 	})
 	t.Run("identity check skipped", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{UUID: "00000000-1111-2222-3333-444444444444"},
+		b := setup(t, setupOpts{sim: openwrttest.Config{UUID: "00000000-1111-2222-3333-444444444444"},
 			config: func(c *Config) { c.SkipIdentityCheck = true }})
 		checks, err := b.dryRun(t)
 		require.NoError(t, err)
@@ -251,11 +251,11 @@ func TestCheckWrongBoard(t *testing.T) {
 
 func TestCheckRefusedByTheRelease(t *testing.T) {
 	t.Parallel()
-	board := []string{devicesim.DefaultBoardName}
+	board := []string{openwrttest.DefaultBoardName}
 	for _, tc := range []struct {
 		name    string
 		release string
-		img     devicesim.Image
+		img     openwrttest.Image
 		options json.RawMessage
 		failed  string
 		reason  status.Reason
@@ -263,15 +263,15 @@ func TestCheckRefusedByTheRelease(t *testing.T) {
 		{name: "an option the release lacks", release: "17.01", img: *fwtoolImage(board...),
 			options: json.RawMessage(`{"sysupgrade":"c,o"}`), failed: upgrader.CheckOptions, reason: status.ReasonInvalidOptions},
 		{name: "compat_version major", release: "24.10",
-			img:     devicesim.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "2.0"},
+			img:     openwrttest.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "2.0"},
 			options: json.RawMessage(`{"sysupgrade":"n"}`), failed: upgrader.CheckCompat, reason: status.ReasonImageInvalid},
 		{name: "compat_version minor keeping the configuration", release: "22.03",
-			img:    devicesim.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "1.1"},
+			img:    openwrttest.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "1.1"},
 			failed: upgrader.CheckCompat, reason: status.ReasonImageInvalid},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t, setupOpts{sim: devicesim.Config{Release: devicesim.ReleaseDescription(tc.release)}, img: &tc.img, options: tc.options})
+			b := setup(t, setupOpts{sim: openwrttest.Config{Release: openwrttest.ReleaseDescription(tc.release)}, img: &tc.img, options: tc.options})
 			checks, err := b.dryRun(t)
 			requireKind(t, err, upgrader.KindAborted, tc.reason)
 			require.Equal(t, allChecks, names(checks))
@@ -281,8 +281,8 @@ func TestCheckRefusedByTheRelease(t *testing.T) {
 	}
 	t.Run("compat_version minor with -n", func(t *testing.T) {
 		t.Parallel()
-		img := devicesim.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "1.1"}
-		b := setup(t, setupOpts{sim: devicesim.Config{Release: devicesim.ReleaseDescription("22.03")}, img: &img,
+		img := openwrttest.Image{Boards: board, Release: newRelease, Size: testImgSize, CompatVersion: "1.1"}
+		b := setup(t, setupOpts{sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("22.03")}, img: &img,
 			options: json.RawMessage(`{"sysupgrade":"n"}`)})
 		checks, err := b.dryRun(t)
 		require.NoError(t, err)
@@ -293,13 +293,13 @@ func TestCheckRefusedByTheRelease(t *testing.T) {
 
 func TestCheckMemory(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
 	t.Run("nothing an upgrade could stop", func(t *testing.T) {
 		t.Parallel()
 		// What removing /tmp/opkg-lists and dropping the caches free is
 		// negligible here, as the dry run assumes.
 		b := setup(t, setupOpts{
-			sim:    devicesim.Config{MemAvailable: 1 << 20, OpkgListsMemory: 1, DropCachesMemory: 1},
+			sim:    openwrttest.Config{MemAvailable: 1 << 20, OpkgListsMemory: 1, DropCachesMemory: 1},
 			config: func(c *Config) { c.Services = []string{}; c.KeepWireless = true },
 		})
 		checks, err := b.dryRun(t)
@@ -312,7 +312,7 @@ func TestCheckMemory(t *testing.T) {
 	t.Run("services absent from the device", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{
-			sim: devicesim.Config{MemAvailable: 1 << 20, OpkgListsMemory: 1, DropCachesMemory: 1,
+			sim: openwrttest.Config{MemAvailable: 1 << 20, OpkgListsMemory: 1, DropCachesMemory: 1,
 				Services: []string{"dropbear", "network"}},
 			config: func(c *Config) { c.KeepWireless = true },
 		})
@@ -324,7 +324,7 @@ func TestCheckMemory(t *testing.T) {
 	})
 	t.Run("upload directory too small", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{MemTotal: 2 << 20, MemAvailable: 1 << 20}})
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{MemTotal: 2 << 20, MemAvailable: 1 << 20}})
 		checks, err := b.dryRun(t)
 		requireKind(t, err, upgrader.KindAborted, status.ReasonInsufficientMemory)
 		requireOnlyFailure(t, checks, upgrader.CheckMemory, status.ReasonInsufficientMemory)
@@ -334,7 +334,7 @@ func TestCheckMemory(t *testing.T) {
 	})
 	t.Run("fits once services are stopped", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}})
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}}})
 		checks, err := b.dryRun(t)
 		require.NoError(t, err)
 		requireOnlyFailure(t, checks, "", "")
@@ -350,8 +350,8 @@ func TestCheckMemory(t *testing.T) {
 
 func TestCheckAlreadyInstalled(t *testing.T) {
 	t.Parallel()
-	img := fwtoolImage(devicesim.DefaultBoardName)
-	b := setup(t, setupOpts{img: img, sim: devicesim.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
+	img := fwtoolImage(openwrttest.DefaultBoardName)
+	b := setup(t, setupOpts{img: img, sim: openwrttest.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
 	checks, err := b.dryRun(t)
 	requireKind(t, err, upgrader.KindNotNeeded, status.ReasonAlreadyInstalled)
 	require.Equal(t, allChecks, names(checks))
@@ -408,7 +408,7 @@ func TestCheckIdentityMismatch(t *testing.T) {
 		name string
 		o    setupOpts
 	}{
-		{"another UUID", setupOpts{sim: devicesim.Config{UUID: "00000000-1111-2222-3333-444444444444"}}},
+		{"another UUID", setupOpts{sim: openwrttest.Config{UUID: "00000000-1111-2222-3333-444444444444"}}},
 		{"no UUID", setupOpts{noUUID: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

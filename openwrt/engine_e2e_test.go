@@ -19,7 +19,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -37,7 +37,7 @@ type fleet struct {
 	eng   *upgrader.Engine
 	st    *memory.Store
 	mu    sync.Mutex
-	devs  map[string]*devicesim.Device
+	devs  map[string]*openwrttest.Device
 	image store.Image
 	// credsHook, if set, runs in CredentialsFunc (e.g. to hang).
 	credsHook func(ctx context.Context) error
@@ -51,7 +51,7 @@ type fleetOpts struct {
 
 func newFleet(t *testing.T, o fleetOpts) *fleet {
 	t.Helper()
-	f := &fleet{st: memory.New(), devs: map[string]*devicesim.Device{}}
+	f := &fleet{st: memory.New(), devs: map[string]*openwrttest.Device{}}
 	ocfg := &openwrt.Config{
 		CredentialsFunc: func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
 			if f.credsHook != nil {
@@ -65,7 +65,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 			if dev == nil {
 				return openwrt.Credentials{}, fmt.Errorf("unknown device %s", d.ID)
 			}
-			return openwrt.Credentials{Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+			return openwrt.Credentials{Address: dev.Addr(), User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 		},
 		ConnectTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second, UpgradeTimeout: 5 * time.Second,
@@ -98,21 +98,21 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	if size == 0 {
 		size = 256 << 10
 	}
-	sim := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: e2eRelease, Size: size}
+	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: size}
 	f.image, err = f.eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(t, err)
 	return f
 }
 
 // device starts a simulated device and registers it.
-func (f *fleet) device(t *testing.T, cfg devicesim.Config) (store.Device, *devicesim.Device) {
+func (f *fleet) device(t *testing.T, cfg openwrttest.Config) (store.Device, *openwrttest.Device) {
 	t.Helper()
 	id := uuid.NewString()
 	cfg.UUID = id
 	if cfg.RebootDelay == 0 {
 		cfg.RebootDelay = 150 * time.Millisecond
 	}
-	dev, err := devicesim.New(cfg)
+	dev, err := openwrttest.New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, dev.Start())
 	t.Cleanup(func() { dev.Close() })
@@ -134,7 +134,7 @@ func ctxT(t *testing.T) context.Context {
 // didFlash reports whether the device ran a flash: a sysupgrade other than
 // --test (matching command lines would also match image file names that
 // contain "sysupgrade").
-func didFlash(dev *devicesim.Device) bool {
+func didFlash(dev *openwrttest.Device) bool {
 	for _, argv := range dev.Executed() {
 		if len(argv) > 0 && argv[0] == "sysupgrade" && !slices.Contains(argv, "--test") {
 			return true
@@ -146,7 +146,7 @@ func didFlash(dev *devicesim.Device) bool {
 func TestEngineUpgradeEndToEnd(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, dev := f.device(t, devicesim.Config{RebootDelay: 2 * time.Second})
+	d, dev := f.device(t, openwrttest.Config{RebootDelay: 2 * time.Second})
 	start := time.Now()
 	op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 	require.NoError(t, err)
@@ -174,7 +174,7 @@ func TestEngineUpgradeEndToEnd(t *testing.T) {
 func TestEngineRetriesThenSuccess(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, _ := f.device(t, devicesim.Config{Faults: devicesim.Faults{RefuseConnections: 2}})
+	d, _ := f.device(t, openwrttest.Config{Faults: openwrttest.Faults{RefuseConnections: 2}})
 	op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 	require.NoError(t, err)
 	assert.Equal(t, status.Success, op.State, "reason %s", op.Reason)
@@ -184,7 +184,7 @@ func TestEngineRetriesThenSuccess(t *testing.T) {
 func TestEngineRetriesExhausted(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{engine: func(c *upgrader.Config) { c.Retry.MaxRetries = 2 }})
-	d, dev := f.device(t, devicesim.Config{Faults: devicesim.Faults{RefuseConnections: 100}})
+	d, dev := f.device(t, openwrttest.Config{Faults: openwrttest.Faults{RefuseConnections: 100}})
 	op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 	require.NoError(t, err)
 	assert.Equal(t, status.Failed, op.State)
@@ -196,7 +196,7 @@ func TestEngineRetriesExhausted(t *testing.T) {
 func TestEngineCorruptUploadRetried(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, dev := f.device(t, devicesim.Config{SCP: true, Faults: devicesim.Faults{CorruptUploads: 1}})
+	d, dev := f.device(t, openwrttest.Config{SCP: true, Faults: openwrttest.Faults{CorruptUploads: 1}})
 	op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 	require.NoError(t, err)
 	assert.Equal(t, status.Success, op.State, "reason %s", op.Reason)
@@ -207,7 +207,7 @@ func TestEngineCorruptUploadRetried(t *testing.T) {
 func TestEngineTimeoutBeforeFlashing(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{engine: func(c *upgrader.Config) { c.OperationTimeout = 300 * time.Millisecond }})
-	d, dev := f.device(t, devicesim.Config{})
+	d, dev := f.device(t, openwrttest.Config{})
 	f.credsHook = func(ctx context.Context) error { // the host's credential lookup hangs
 		<-ctx.Done()
 		return ctx.Err()
@@ -223,11 +223,11 @@ func TestEngineTimeoutAfterFlashingIsVerified(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
-		faults devicesim.Faults
+		faults openwrttest.Faults
 		state  status.State
 	}{
-		{"DeviceComesBack", devicesim.Faults{}, status.Success},
-		{"DeviceNeverComesBack", devicesim.Faults{NeverComeBack: true}, status.Failed},
+		{"DeviceComesBack", openwrttest.Faults{}, status.Success},
+		{"DeviceNeverComesBack", openwrttest.Faults{NeverComeBack: true}, status.Failed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -244,7 +244,7 @@ func TestEngineTimeoutAfterFlashingIsVerified(t *testing.T) {
 			// The device takes 4 s to reboot: the operation's deadline (2 s,
 			// ample for the steps before flashing even on a slow machine)
 			// passes while the upgrader waits for it.
-			d, dev := f.device(t, devicesim.Config{Faults: tc.faults, RebootDelay: 4 * time.Second})
+			d, dev := f.device(t, openwrttest.Config{Faults: tc.faults, RebootDelay: 4 * time.Second})
 			op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 			require.NoError(t, err)
 			assert.Equal(t, tc.state, op.State, "reason %s", op.Reason)
@@ -266,7 +266,7 @@ func TestEngineTimeoutAfterFlashingIsVerified(t *testing.T) {
 func TestEngineCancelPending(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, dev := f.device(t, devicesim.Config{})
+	d, dev := f.device(t, openwrttest.Config{})
 	ctx := ctxT(t)
 	op, err := f.eng.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 	require.NoError(t, err)
@@ -282,8 +282,8 @@ func TestEngineCancelWhileUploading(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name string
-		sim  devicesim.Config
-	}{{"sftp", devicesim.Config{SFTP: true}}, {"scp", devicesim.Config{SCP: true}}, {"cat", devicesim.Config{}}} {
+		sim  openwrttest.Config
+	}{{"sftp", openwrttest.Config{SFTP: true}}, {"scp", openwrttest.Config{SCP: true}}, {"cat", openwrttest.Config{}}} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
 			f := newFleet(t, fleetOpts{imageSize: 24 << 20})
@@ -318,7 +318,7 @@ func TestEngineCancelWhileUploading(t *testing.T) {
 			}
 			_, left := dev.File("/tmp/" + f.image.Name)
 			assert.False(t, left, "the partial image is removed from the device's RAM")
-			assert.Equal(t, devicesim.DefaultRelease, dev.Release())
+			assert.Equal(t, openwrttest.DefaultRelease, dev.Release())
 		})
 	}
 }
@@ -326,7 +326,7 @@ func TestEngineCancelWhileUploading(t *testing.T) {
 func TestEngineCancelRefusedWhileFlashing(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, dev := f.device(t, devicesim.Config{Faults: devicesim.Faults{FlashHang: 500 * time.Millisecond}})
+	d, dev := f.device(t, openwrttest.Config{Faults: openwrttest.Faults{FlashHang: 500 * time.Millisecond}})
 	ctx := ctxT(t)
 	events, unsub := f.eng.Subscribe(4096)
 	defer unsub()
@@ -356,9 +356,9 @@ func TestEngineManyDevicesQueued(t *testing.T) {
 	require.NoError(t, f.eng.Start(ctx))
 	defer f.eng.Stop(context.Background())
 	var ids []string
-	devs := map[string]*devicesim.Device{}
+	devs := map[string]*openwrttest.Device{}
 	for range 24 {
-		d, dev := f.device(t, devicesim.Config{})
+		d, dev := f.device(t, openwrttest.Config{})
 		op, err := f.eng.Enqueue(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 		require.NoError(t, err)
 		ids = append(ids, op.ID)
@@ -376,10 +376,10 @@ func TestEngineManyDevicesQueued(t *testing.T) {
 // custom upgrader passes, on the openwrt upgrader and simulated devices.
 func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 	upgradertest.Run(t, func(t *testing.T) upgradertest.Harness {
-		var dev *devicesim.Device
+		var dev *openwrttest.Device
 		ow, err := openwrt.New(&openwrt.Config{
 			CredentialsFunc: func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
-				return openwrt.Credentials{Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+				return openwrt.Credentials{Address: dev.Addr(), User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 					HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 			},
 			ReconnectDelay: 50 * time.Millisecond, ReconnectRetryDelay: 50 * time.Millisecond, ReconnectWindow: 3 * time.Second,
@@ -391,11 +391,11 @@ func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 			NewJob: func(t *testing.T) *upgrader.Job {
 				id := uuid.NewString()
 				var err error
-				dev, err = devicesim.New(devicesim.Config{UUID: id, RebootDelay: 100 * time.Millisecond})
+				dev, err = openwrttest.New(openwrttest.Config{UUID: id, RebootDelay: 100 * time.Millisecond})
 				require.NoError(t, err)
 				require.NoError(t, dev.Start())
 				t.Cleanup(func() { dev.Close() })
-				sim := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: e2eRelease, Size: 64 << 10}
+				sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: 64 << 10}
 				return &upgrader.Job{
 					Operation: store.Operation{ID: store.NewID(), DeviceID: id, State: status.InProgress, Attempt: 1},
 					Device:    store.Device{ID: id, Connection: "openwrt-ssh", Active: true},
@@ -416,7 +416,7 @@ func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 func TestEngineRefusesInvalidOptions(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	d, dev := f.device(t, devicesim.Config{})
+	d, dev := f.device(t, openwrttest.Config{})
 	ctx := ctxT(t)
 	_, err := f.eng.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID, Options: []byte(`{"sysupgrade":"n,c"}`)})
 	require.ErrorIs(t, err, openwrt.ErrInvalidOptions)

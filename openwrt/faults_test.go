@@ -18,17 +18,17 @@ import (
 	"golang.org/x/crypto/ssh"
 	"golang.org/x/crypto/ssh/knownhosts"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
 func TestFaults(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
 	t.Run("refused connection", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{RefuseConnections: 1}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{RefuseConnections: 1}}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindRecoverable, status.ReasonConnectionFailed)
 		require.Empty(t, b.dev.Commands())
@@ -36,8 +36,8 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("drop during upload", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{
-			Faults: devicesim.Faults{DropUploadAfter: 512 << 10, LowMemoryUntilServicesStopped: true},
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{
+			Faults: openwrttest.Faults{DropUploadAfter: 512 << 10, LowMemoryUntilServicesStopped: true},
 		}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindRecoverable, status.ReasonUploadFailed)
@@ -51,7 +51,7 @@ func TestFaults(t *testing.T) {
 	})
 	t.Run("corrupt upload", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{CorruptUploads: 1}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{CorruptUploads: 1}}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindRecoverable, status.ReasonUploadCorrupt)
 		require.True(t, ran(b.dev, "sha256sum", "/tmp/"+b.job.Image.Name))
@@ -76,7 +76,7 @@ func TestUploadMethods(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t, setupOpts{sim: devicesim.Config{SFTP: tc.sftp, SCP: tc.scp}})
+			b := setup(t, setupOpts{sim: openwrttest.Config{SFTP: tc.sftp, SCP: tc.scp}})
 			require.NoError(t, b.upgrade(t))
 			var found bool
 			for _, c := range b.dev.Commands() {
@@ -89,7 +89,7 @@ func TestUploadMethods(t *testing.T) {
 	}
 	t.Run("remembered", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{SCP: true}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{SCP: true}})
 		b.u.rememberMethod(b.dev.Addr(), UploadCat)
 		require.NoError(t, b.upgrade(t))
 		require.NotContains(t, b.dev.Commands(), "subsystem:sftp", "the remembered method goes first")
@@ -99,10 +99,10 @@ func TestUploadMethods(t *testing.T) {
 
 func TestCancel(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
 	t.Run("before flashing", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}})
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}}})
 		b.rep.onPhase = func(p status.Phase) {
 			if p == status.PhaseImageTest {
 				require.True(t, b.rep.cancel())
@@ -118,10 +118,10 @@ func TestCancel(t *testing.T) {
 	})
 	t.Run("during upload", func(t *testing.T) {
 		t.Parallel()
-		for _, sim := range []devicesim.Config{{SFTP: true}, {SCP: true}, {}} {
+		for _, sim := range []openwrttest.Config{{SFTP: true}, {SCP: true}, {}} {
 			t.Run("", func(t *testing.T) {
 				t.Parallel()
-				huge := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 24 << 20}
+				huge := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 24 << 20}
 				b := setup(t, setupOpts{img: &huge, sim: sim})
 				b.rep.onProgress = func(pct int) {
 					if pct > status.ProgressChecksum && pct < status.ProgressUploaded {
@@ -139,7 +139,7 @@ func TestCancel(t *testing.T) {
 	})
 	t.Run("ctx ends", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}})
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}}})
 		ctx, cancel := context.WithCancel(context.Background())
 		b.rep.onPhase = func(p status.Phase) {
 			if p == status.PhaseUpload {
@@ -249,7 +249,7 @@ func TestHostileFileNames(t *testing.T) {
 		"-rf.bin",
 		"$(rm -rf /).bin", // base name ").bin"
 	} {
-		for _, sim := range []devicesim.Config{{SFTP: true}, {SCP: true}, {}} {
+		for _, sim := range []openwrttest.Config{{SFTP: true}, {SCP: true}, {}} {
 			t.Run("", func(t *testing.T) {
 				t.Parallel()
 				b := setup(t, setupOpts{name: name, sim: sim})
@@ -270,7 +270,7 @@ func TestHostileFileNames(t *testing.T) {
 		t.Parallel()
 		const remote = "/root/$(rm -rf /).bin"
 		b := setup(t, setupOpts{
-			sim:    devicesim.Config{Files: map[string][]byte{"/root/$(rm -rf /seed": nil}},
+			sim:    openwrttest.Config{Files: map[string][]byte{"/root/$(rm -rf /seed": nil}},
 			config: func(c *Config) { c.RemotePathFunc = func(upgrader.Image) string { return remote } },
 		})
 		require.NoError(t, b.upgrade(t))
@@ -302,7 +302,7 @@ func TestNoConfigOption(t *testing.T) {
 
 func TestVerify(t *testing.T) {
 	t.Parallel()
-	img := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: testImgSize}
+	img := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: testImgSize}
 	verify := func(b *bundle) error {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
@@ -310,14 +310,14 @@ func TestVerify(t *testing.T) {
 	}
 	t.Run("checksum file", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
 		require.NoError(t, verify(b))
 		require.Empty(t, executed(b.dev, "sysupgrade"))
 		require.Equal(t, []status.Phase{status.PhaseVerifying}, b.rep.Phases())
 	})
 	t.Run("release matches", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Release: newRelease}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Release: newRelease}})
 		require.NoError(t, verify(b))
 		f, ok := b.dev.File(ChecksumFile)
 		require.True(t, ok)
@@ -332,7 +332,7 @@ func TestVerify(t *testing.T) {
 	})
 	t.Run("no OS identifier", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Release: newRelease}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Release: newRelease}})
 		b.job.Image.Build.OSIdentifier = ""
 		requireKind(t, verify(b), upgrader.KindFailed, status.ReasonOldFirmwareAfterReboot)
 	})
@@ -346,7 +346,7 @@ func TestVerify(t *testing.T) {
 	})
 	t.Run("after a crash mid-reboot", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{RebootDelay: 300 * time.Millisecond}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{RebootDelay: 300 * time.Millisecond}})
 		// Flash by hand, as an earlier worker would have, then verify.
 		b.rep.onPhase = func(p status.Phase) {
 			if p == status.PhaseRebooting {
@@ -369,7 +369,7 @@ var errCrash = errors.New("crash")
 func TestPasswordNeverLogged(t *testing.T) {
 	t.Parallel()
 	const secret = "s3cr3t-Pa55"
-	b := setup(t, setupOpts{sim: devicesim.Config{Password: secret}, creds: func(b *bundle, c *Credentials) { c.Password = secret }})
+	b := setup(t, setupOpts{sim: openwrttest.Config{Password: secret}, creds: func(b *bundle, c *Credentials) { c.Password = secret }})
 	require.NoError(t, b.upgrade(t))
 	require.NotContains(t, b.rep.Logs(), secret)
 	c := Credentials{Address: "h", User: "root", Password: secret}
@@ -391,7 +391,7 @@ func TestKeyAuth(t *testing.T) {
 	signer, err := ssh.NewSignerFromKey(priv)
 	require.NoError(t, err)
 	b := setup(t, setupOpts{
-		sim:   devicesim.Config{AuthorizedKeys: []ssh.PublicKey{signer.PublicKey()}},
+		sim:   openwrttest.Config{AuthorizedKeys: []ssh.PublicKey{signer.PublicKey()}},
 		creds: func(b *bundle, c *Credentials) { c.Password = ""; c.Signers = []ssh.Signer{signer} },
 	})
 	require.NoError(t, b.upgrade(t))

@@ -9,7 +9,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
@@ -76,7 +76,7 @@ func (p *cutProxy) cut(refuse int) {
 // fails saying the device was not flashed.
 func TestFlashCommandThatCouldNotStart(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 1 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 1 << 20}
 	for _, tc := range []struct {
 		name    string
 		refuse  int // connections refused after the cut
@@ -89,7 +89,7 @@ func TestFlashCommandThatCouldNotStart(t *testing.T) {
 			t.Parallel()
 			var proxy *cutProxy
 			b := setup(t, setupOpts{img: &big,
-				sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}},
+				sim: openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}},
 				creds: func(b *bundle, c *Credentials) {
 					c.Address = proxy.ln.Addr().String()
 				}})
@@ -123,7 +123,7 @@ func TestFlashCommandThatCouldNotStart(t *testing.T) {
 // it now.
 func TestFlashNotSentAgainAfterTheClaimWasLost(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 1 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 1 << 20}
 	var proxy *cutProxy
 	b := setup(t, setupOpts{img: &big,
 		creds: func(b *bundle, c *Credentials) { c.Address = proxy.ln.Addr().String() }})

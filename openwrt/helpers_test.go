@@ -14,7 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -126,8 +126,8 @@ func (r *testReporter) Logs() string {
 
 // bundle is what setup returns.
 type bundle struct {
-	dev  *devicesim.Device
-	img  devicesim.Image
+	dev  *openwrttest.Device
+	img  openwrttest.Image
 	u    *Upgrader
 	cfg  *Config
 	rep  *testReporter
@@ -136,9 +136,9 @@ type bundle struct {
 }
 
 type setupOpts struct {
-	sim     devicesim.Config
+	sim     openwrttest.Config
 	noUUID  bool // the device has no openwisp.http.uuid
-	img     *devicesim.Image
+	img     *openwrttest.Image
 	name    string          // image file name
 	options json.RawMessage // operation options
 	config  func(*Config)   // changes the upgrader's config
@@ -156,12 +156,12 @@ func setup(t testing.TB, o setupOpts) *bundle {
 	if sim.RebootDelay == 0 {
 		sim.RebootDelay = 150 * time.Millisecond
 	}
-	dev, err := devicesim.New(sim)
+	dev, err := openwrttest.New(sim)
 	require.NoError(t, err)
 	require.NoError(t, dev.Start())
 	t.Cleanup(func() { require.NoError(t, dev.Close()) })
 
-	img := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: testImgSize}
+	img := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: testImgSize}
 	if o.img != nil {
 		img = *o.img
 	}
@@ -171,8 +171,8 @@ func setup(t testing.TB, o setupOpts) *bundle {
 		CredentialsFunc: func(ctx context.Context, d store.Device) (Credentials, error) {
 			c := Credentials{
 				Address:         b.addr(),
-				User:            devicesim.DefaultUser,
-				Password:        devicesim.DefaultPassword,
+				User:            openwrttest.DefaultUser,
+				Password:        openwrttest.DefaultPassword,
 				HostKeyCallback: PinnedKey(dev.HostKey()),
 			}
 			if o.creds != nil {
@@ -203,7 +203,7 @@ func setup(t testing.TB, o setupOpts) *bundle {
 }
 
 // newJob builds the job of an operation upgrading the test device to img.
-func newJob(img devicesim.Image, name string, options json.RawMessage, rep upgrader.Reporter) *upgrader.Job {
+func newJob(img openwrttest.Image, name string, options json.RawMessage, rep upgrader.Reporter) *upgrader.Job {
 	return &upgrader.Job{
 		Operation: store.Operation{ID: "op-1", DeviceID: testUUID, ImageID: "img-1", State: status.InProgress, Attempt: 1, Options: options},
 		Device:    store.Device{ID: testUUID, Name: "ap-1", Connection: "openwrt-ssh", Active: true},
@@ -236,7 +236,7 @@ func requireKind(t testing.TB, err error, kind upgrader.Kind, reason status.Reas
 
 // executed returns the argument vectors the device ran whose first word
 // has the given base name.
-func executed(dev *devicesim.Device, name string) [][]string {
+func executed(dev *openwrttest.Device, name string) [][]string {
 	var out [][]string
 	for _, argv := range dev.Executed() {
 		if len(argv) > 0 && (argv[0] == name || strings.HasSuffix(argv[0], "/"+name)) {
@@ -247,7 +247,7 @@ func executed(dev *devicesim.Device, name string) [][]string {
 }
 
 // ran reports whether the device ran exactly argv.
-func ran(dev *devicesim.Device, argv ...string) bool {
+func ran(dev *openwrttest.Device, argv ...string) bool {
 	for _, a := range dev.Executed() {
 		if slices.Equal(a, argv) {
 			return true
@@ -257,7 +257,7 @@ func ran(dev *devicesim.Device, argv ...string) bool {
 }
 
 // flashed reports whether a "sysupgrade -v" ran.
-func flashCommands(dev *devicesim.Device) [][]string {
+func flashCommands(dev *openwrttest.Device) [][]string {
 	var out [][]string
 	for _, a := range executed(dev, "sysupgrade") {
 		if slices.Contains(a, "-v") {
@@ -268,7 +268,7 @@ func flashCommands(dev *devicesim.Device) [][]string {
 }
 
 // uploads returns the upload commands and SFTP writes the device received.
-func uploads(dev *devicesim.Device) []string {
+func uploads(dev *openwrttest.Device) []string {
 	var out []string
 	for _, c := range dev.Commands() {
 		if strings.HasPrefix(c, "sftp:put") || strings.Contains(c, "'scp'") || strings.HasPrefix(c, "'cat' >") {
@@ -279,7 +279,7 @@ func uploads(dev *devicesim.Device) []string {
 }
 
 // allRunning requires every service of the device to be running.
-func allRunning(t testing.TB, dev *devicesim.Device) {
+func allRunning(t testing.TB, dev *openwrttest.Device) {
 	t.Helper()
 	for svc, running := range dev.Services() {
 		require.True(t, running, "service %s is stopped", svc)

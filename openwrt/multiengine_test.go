@@ -42,7 +42,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -736,12 +736,12 @@ type cluster struct {
 	image store.Image
 
 	mu   sync.Mutex
-	devs map[string]*devicesim.Device
+	devs map[string]*openwrttest.Device
 }
 
 func newCluster(t *testing.T, o clusterOpts) *cluster {
 	t.Helper()
-	c := &cluster{opts: o, st: memory.New(), files: upgrader.NewMemFiles(), devs: map[string]*devicesim.Device{}}
+	c := &cluster{opts: o, st: memory.New(), files: upgrader.NewMemFiles(), devs: map[string]*openwrttest.Device{}}
 	if o.relay {
 		c.net = newNetwork()
 		t.Cleanup(c.net.close) // registered first: runs after the engines stopped
@@ -757,7 +757,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	require.NoError(t, err)
 	build, err := c.host.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "23.05.3", OSIdentifier: e2eRelease})
 	require.NoError(t, err)
-	sim := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: e2eRelease, Size: o.imageSize}
+	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: o.imageSize}
 	c.image, err = c.host.CreateImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(t, err)
 	return c
@@ -765,7 +765,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 
 // device starts a simulated device and registers it. cfg.UUID defaults to
 // the device's ID.
-func (c *cluster) device(t *testing.T, cfg devicesim.Config) (store.Device, *devicesim.Device) {
+func (c *cluster) device(t *testing.T, cfg openwrttest.Config) (store.Device, *openwrttest.Device) {
 	t.Helper()
 	id := uuid.NewString()
 	if cfg.UUID == "" {
@@ -774,7 +774,7 @@ func (c *cluster) device(t *testing.T, cfg devicesim.Config) (store.Device, *dev
 	if cfg.RebootDelay == 0 {
 		cfg.RebootDelay = c.opts.reboot
 	}
-	dev, err := devicesim.New(cfg)
+	dev, err := openwrttest.New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, dev.Start())
 	t.Cleanup(func() { dev.Close() })
@@ -818,7 +818,7 @@ func (c *cluster) spawn(t *testing.T, name string) *proc {
 					return openwrt.Credentials{}, err
 				}
 			}
-			return openwrt.Credentials{Address: addr, User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+			return openwrt.Credentials{Address: addr, User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 		},
 		ConnectTimeout: 2 * time.Second, CommandTimeout: 5 * time.Second, UpgradeTimeout: 5 * time.Second,
@@ -1023,10 +1023,10 @@ func testCrashes(t *testing.T, engines int) {
 		relay: true, ledger: true})
 	// Engine A's uploads take about a second: it dies mid-upload.
 	c.net.throttle("engine-a", 64<<10)
-	devs := map[string]*devicesim.Device{}
+	devs := map[string]*openwrttest.Device{}
 	var ids []string
 	for range ops {
-		d, dev := c.device(t, devicesim.Config{})
+		d, dev := c.device(t, openwrttest.Config{})
 		devs[d.ID] = dev
 		ids = append(ids, d.ID)
 	}
@@ -1180,14 +1180,14 @@ func TestMultiEngineCancelRacesFlash(t *testing.T) {
 	type round struct {
 		order string // "race", "cancel-first", "flash-first"
 		d     store.Device
-		dev   *devicesim.Device
+		dev   *openwrttest.Device
 	}
 	rounds := []*round{{order: "cancel-first"}, {order: "flash-first"}}
 	for range races {
 		rounds = append(rounds, &round{order: "race"})
 	}
 	for _, r := range rounds {
-		r.d, r.dev = c.device(t, devicesim.Config{})
+		r.d, r.dev = c.device(t, openwrttest.Config{})
 	}
 
 	var cancelWon, flashWon atomic.Int32
@@ -1261,7 +1261,7 @@ func TestMultiEngineCancelRacesFlash(t *testing.T) {
 			assert.Equal(t, status.ReasonCancelledByUser, end.Reason)
 			assert.Equal(t, 0, r.dev.Flashed(), "round %s: Cancel won: the device is never flashed", r.order)
 			assert.False(t, didFlash(r.dev), "round %s: no sysupgrade ran", r.order)
-			assert.Equal(t, devicesim.DefaultRelease, r.dev.Release())
+			assert.Equal(t, openwrttest.DefaultRelease, r.dev.Release())
 			assert.NotEqual(t, "flash-first", r.order, "a cancel after flashing started must not win")
 		case errors.Is(cerr, upgrader.ErrNotCancellable):
 			flashWon.Add(1)
@@ -1303,7 +1303,7 @@ func TestMultiEngineCancelReachesOtherEngineMidUpload(t *testing.T) {
 	c.net.throttle("engine-a", 256<<10)
 	a := c.spawn(t, "engine-a")
 	b := c.spawn(t, "engine-b")
-	d, dev := c.device(t, devicesim.Config{})
+	d, dev := c.device(t, openwrttest.Config{})
 	ctx := ctxT(t)
 	op, err := c.host.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: c.image.ID})
 	require.NoError(t, err)
@@ -1340,7 +1340,7 @@ func TestMultiEngineCancelReachesOtherEngineMidUpload(t *testing.T) {
 	assert.Less(t, returned, bound, "engine A's attempt ended within about one lease renewal")
 	assert.Less(t, upload.sent, int64(size), "the upload was cut short")
 	assert.False(t, didFlash(dev))
-	assert.Equal(t, devicesim.DefaultRelease, dev.Release())
+	assert.Equal(t, openwrttest.DefaultRelease, dev.Release())
 }
 
 // waitUploadProgress waits for p's first progress report of op's upload.
@@ -1403,7 +1403,7 @@ func TestMultiEngineCancelFromOtherEngineRestartsServices(t *testing.T) {
 		}
 	}
 	b := c.spawn(t, "engine-b")
-	d, dev := c.device(t, devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}})
+	d, dev := c.device(t, openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}})
 	ctx := ctxT(t)
 	op, err := c.host.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: c.image.ID})
 	require.NoError(t, err)
@@ -1475,16 +1475,16 @@ func TestMultiEngineWaitSeesOtherEngine(t *testing.T) {
 
 	type item struct {
 		d    store.Device
-		dev  *devicesim.Device
+		dev  *openwrttest.Device
 		want status.State
 		op   store.Operation
 	}
 	var items []*item
 	for range 8 {
-		d, dev := c.device(t, devicesim.Config{})
+		d, dev := c.device(t, openwrttest.Config{})
 		items = append(items, &item{d: d, dev: dev, want: status.Success})
 	}
-	d, dev := c.device(t, devicesim.Config{UUID: uuid.NewString()}) // another device answers: aborted
+	d, dev := c.device(t, openwrttest.Config{UUID: uuid.NewString()}) // another device answers: aborted
 	items = append(items, &item{d: d, dev: dev, want: status.Aborted})
 	for _, it := range items {
 		var err error
@@ -1541,7 +1541,7 @@ func TestMultiEnginePartitionedHolderStopsBeforeTakeover(t *testing.T) {
 	c.net.throttle("engine-a", 128<<10) // A's upload would take 16 s
 	a := c.spawn(t, "engine-a")
 	b := c.spawn(t, "engine-b")
-	d, _ := c.device(t, devicesim.Config{})
+	d, _ := c.device(t, openwrttest.Config{})
 	ctx := ctxT(t)
 	op, err := c.host.Create(ctx, upgrader.Request{DeviceID: d.ID, ImageID: c.image.ID})
 	require.NoError(t, err)

@@ -9,7 +9,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -18,24 +18,24 @@ import (
 
 func TestProbe(t *testing.T) {
 	t.Parallel()
-	other, err := devicesim.New(devicesim.Config{})
+	other, err := openwrttest.New(openwrttest.Config{})
 	require.NoError(t, err)
 	for _, tc := range []struct {
 		name    string
 		uuid    string
-		hostKey func(dev *devicesim.Device) openwrt.Credentials
+		hostKey func(dev *openwrttest.Device) openwrt.Credentials
 		kind    upgrader.Kind
 		reason  status.Reason
 	}{
 		{name: "OpenWISPDevice", uuid: "5a4c7d8e-1f2a-4b3c-9d8e-7f6a5b4c3d2e"},
 		{name: "NoUUID"},
-		{name: "WrongHostKey", hostKey: func(*devicesim.Device) openwrt.Credentials {
+		{name: "WrongHostKey", hostKey: func(*openwrttest.Device) openwrt.Credentials {
 			return openwrt.Credentials{HostKeyCallback: openwrt.PinnedKey(other.HostKey())}
 		}, kind: upgrader.KindAborted, reason: status.ReasonHostKeyMismatch},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			dev, err := devicesim.New(devicesim.Config{UUID: tc.uuid, Model: "GL.iNet GL-MT3000", BoardName: "glinet,gl-mt3000",
+			dev, err := openwrttest.New(openwrttest.Config{UUID: tc.uuid, Model: "GL.iNet GL-MT3000", BoardName: "glinet,gl-mt3000",
 				Release: "OpenWrt 23.05.2 r23630-842932a63d"})
 			require.NoError(t, err)
 			require.NoError(t, dev.Start())
@@ -46,7 +46,7 @@ func TestProbe(t *testing.T) {
 					if tc.hostKey != nil {
 						c = tc.hostKey(dev)
 					}
-					c.Address, c.User, c.Password = dev.Addr(), devicesim.DefaultUser, devicesim.DefaultPassword
+					c.Address, c.User, c.Password = dev.Addr(), openwrttest.DefaultUser, openwrttest.DefaultPassword
 					return c, nil
 				},
 				Logger: slog.New(slog.DiscardHandler),
@@ -76,14 +76,14 @@ func TestProbe(t *testing.T) {
 // (ubus has no system object): the model comes from /proc/cpuinfo.
 func TestProbeWithoutSysinfo(t *testing.T) {
 	t.Parallel()
-	dev, err := devicesim.New(devicesim.Config{Release: devicesim.ReleaseDescription("12.09")})
+	dev, err := openwrttest.New(openwrttest.Config{Release: openwrttest.ReleaseDescription("12.09")})
 	require.NoError(t, err)
 	require.NoError(t, dev.Start())
 	t.Cleanup(func() { dev.Close() })
 	require.False(t, dev.SysInfo(), "the 12.09 profile has no /tmp/sysinfo")
 	u, err := openwrt.New(&openwrt.Config{Logger: slog.New(slog.DiscardHandler),
 		CredentialsFunc: func(context.Context, store.Device) (openwrt.Credentials, error) {
-			return openwrt.Credentials{Address: dev.Addr(), User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+			return openwrt.Credentials{Address: dev.Addr(), User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey())}, nil
 		}})
 	require.NoError(t, err)

@@ -16,7 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/fwupgrader/fwupgrader/imagemap"
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -24,7 +24,7 @@ import (
 
 // addImage stores a simulated image as a new build of the fleet's category
 // (osIdentifier may be empty) and returns it.
-func (f *fleet) addImage(t *testing.T, version, osIdentifier, name string, im devicesim.Image) store.Image {
+func (f *fleet) addImage(t *testing.T, version, osIdentifier, name string, im openwrttest.Image) store.Image {
 	t.Helper()
 	ctx := context.Background()
 	b, err := f.eng.Store().Build(ctx, f.image.BuildID)
@@ -40,7 +40,7 @@ func (f *fleet) addImage(t *testing.T, version, osIdentifier, name string, im de
 }
 
 // servicesRunning requires every service of the device to run.
-func servicesRunning(t *testing.T, dev *devicesim.Device) {
+func servicesRunning(t *testing.T, dev *openwrttest.Device) {
 	t.Helper()
 	for svc, up := range dev.Services() {
 		assert.True(t, up, "service %s left stopped", svc)
@@ -48,12 +48,12 @@ func servicesRunning(t *testing.T, dev *devicesim.Device) {
 }
 
 // ranTool reports whether the device ran a command whose first word is tool.
-func ranTool(dev *devicesim.Device, tool string) bool {
+func ranTool(dev *openwrttest.Device, tool string) bool {
 	return slices.ContainsFunc(dev.Executed(), func(argv []string) bool { return len(argv) > 0 && argv[0] == tool })
 }
 
 // uploaded reports whether the image reached the device by any method.
-func uploaded(dev *devicesim.Device) bool {
+func uploaded(dev *openwrttest.Device) bool {
 	return slices.ContainsFunc(dev.Commands(), func(c string) bool {
 		return strings.HasPrefix(c, "sftp:put") || strings.Contains(c, "'scp'") || strings.HasPrefix(c, "'cat' >")
 	})
@@ -63,11 +63,11 @@ func TestEveryReleaseUpgradesThroughTheEngine(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
 	img := f.addImage(t, "23.05.3-fwtool", "", "openwrt-23.05.3-fwtool-"+e2eType,
-		devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: e2eRelease, Fwtool: true})
-	for _, rel := range devicesim.Releases() {
+		openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Fwtool: true})
+	for _, rel := range openwrttest.Releases() {
 		t.Run(rel, func(t *testing.T) {
 			t.Parallel()
-			d, dev := f.device(t, devicesim.Config{Release: devicesim.ReleaseDescription(rel)})
+			d, dev := f.device(t, openwrttest.Config{Release: openwrttest.ReleaseDescription(rel)})
 			before := dev.Release()
 			end, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: img.ID})
 			require.NoError(t, err)
@@ -75,7 +75,7 @@ func TestEveryReleaseUpgradesThroughTheEngine(t *testing.T) {
 			require.Equal(t, status.Success, end.State, "%s: %s\n%s", rel, end.Reason, logs)
 			assert.Equal(t, 1, dev.Flashed())
 			assert.Equal(t, e2eRelease, dev.Release(), "runs the new release (was %s)", before)
-			p := devicesim.ProfileFor(rel)
+			p := openwrttest.ProfileFor(rel)
 			assert.Equal(t, !p.SHA256Sum, ranTool(dev, "md5sum"), "md5sum exactly where busybox has no sha256sum")
 			if !p.Test() {
 				assert.Contains(t, logs, "--test is not available")
@@ -101,23 +101,23 @@ func logLines(t *testing.T, f *fleet, opID string) []string {
 func TestReleaseSpecificOutcomes(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
-	board := []string{devicesim.DefaultBoardName}
+	board := []string{openwrttest.DefaultBoardName}
 	compat11 := f.addImage(t, "23.05.3-dsa", "", "openwrt-23.05.3-dsa-"+e2eType,
-		devicesim.Image{Boards: board, Release: e2eRelease, CompatVersion: "1.1", CompatMessage: "Config cannot be migrated from swconfig to DSA"})
+		openwrttest.Image{Boards: board, Release: e2eRelease, CompatVersion: "1.1", CompatMessage: "Config cannot be migrated from swconfig to DSA"})
 	compat20 := f.addImage(t, "23.05.3-v2", "", "openwrt-23.05.3-v2-"+e2eType,
-		devicesim.Image{Boards: board, Release: e2eRelease, CompatVersion: "2.0", CompatMessage: "New partition layout"})
+		openwrttest.Image{Boards: board, Release: e2eRelease, CompatVersion: "2.0", CompatMessage: "New partition layout"})
 	// Named like an Archer C7 image, its own metadata says GL-AR150.
 	contradicting := f.addImage(t, "23.05.3-ar150", "", "openwrt-23.05.3-"+e2eType,
-		devicesim.Image{Boards: board, Release: e2eRelease, Metadata: &imagemap.Metadata{MetadataVersion: "1.1",
+		openwrttest.Image{Boards: board, Release: e2eRelease, Metadata: &imagemap.Metadata{MetadataVersion: "1.1",
 			CompatVersion: "1.0", SupportedDevices: []string{"glinet,gl-ar150"},
 			Version: imagemap.Version{Dist: "OpenWrt", Version: "23.05.3", Revision: "r23809-234f1a2efa"}}})
 	noIdentity := f.addImage(t, "unnamed", "", "custom-"+e2eType,
-		devicesim.Image{Boards: board, Release: e2eRelease})
+		openwrttest.Image{Boards: board, Release: e2eRelease})
 
 	opts := func(s string) json.RawMessage { return json.RawMessage(s) }
 	for _, tc := range []struct {
 		name    string
-		sim     devicesim.Config
+		sim     openwrttest.Config
 		image   store.Image
 		options json.RawMessage
 		state   status.State
@@ -126,31 +126,31 @@ func TestReleaseSpecificOutcomes(t *testing.T) {
 		flashed bool
 		log     string
 	}{
-		{name: "compat minor refused keeping the config", sim: devicesim.Config{Release: devicesim.ReleaseDescription("22.03")},
+		{name: "compat minor refused keeping the config", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("22.03")},
 			image: compat11, state: status.Aborted, reason: status.ReasonImageInvalid, log: "would allow it"},
-		{name: "compat minor with -n", sim: devicesim.Config{Release: devicesim.ReleaseDescription("22.03")},
+		{name: "compat minor with -n", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("22.03")},
 			image: compat11, options: opts(`{"sysupgrade":"n"}`), state: status.Success, upload: true, flashed: true},
-		{name: "compat minor with the ignore flag", sim: devicesim.Config{Release: devicesim.ReleaseDescription("23.05")},
+		{name: "compat minor with the ignore flag", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("23.05")},
 			image: compat11, options: opts(`{"sysupgrade":"c","ignore_minor_compat_version":true}`), state: status.Success, upload: true, flashed: true},
-		{name: "ignore flag on 21.02 (no such option)", sim: devicesim.Config{Release: devicesim.ReleaseDescription("21.02")},
+		{name: "ignore flag on 21.02 (no such option)", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("21.02")},
 			image: compat11, options: opts(`{"sysupgrade":"c","ignore_minor_compat_version":true}`), state: status.Aborted, reason: status.ReasonInvalidOptions,
 			log: "has no sysupgrade --ignore-minor-compat-version"},
-		{name: "compat major refused even with -n", sim: devicesim.Config{Release: devicesim.ReleaseDescription("24.10")},
+		{name: "compat major refused even with -n", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("24.10")},
 			image: compat20, options: opts(`{"sysupgrade":"n"}`), state: status.Aborted, reason: status.ReasonImageInvalid, log: "incompatible"},
-		{name: "no overlay with -c", sim: devicesim.Config{Release: devicesim.ReleaseDescription("23.05"), RootFS: devicesim.RootFSExt4},
+		{name: "no overlay with -c", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("23.05"), RootFS: openwrttest.RootFSExt4},
 			image: f.image, state: status.Aborted, reason: status.ReasonImageInvalid, upload: true, log: "required for '-c'"},
-		{name: "an option the release lacks", sim: devicesim.Config{Release: devicesim.ReleaseDescription("17.01")},
+		{name: "an option the release lacks", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("17.01")},
 			image: f.image, options: opts(`{"sysupgrade":"c,o"}`), state: status.Aborted, reason: status.ReasonInvalidOptions, log: "has no sysupgrade -o"},
-		{name: "procd refusal", sim: devicesim.Config{Faults: devicesim.Faults{ProcdRefusal: true}},
+		{name: "procd refusal", sim: openwrttest.Config{Faults: openwrttest.Faults{ProcdRefusal: true}},
 			image: f.image, state: status.Failed, reason: status.ReasonFlashFailed, upload: true, log: "was not flashed"},
-		{name: "a long -v listing before the 246 line", sim: devicesim.Config{Release: devicesim.ReleaseDescription("23.05"), BackupFiles: 3000},
+		{name: "a long -v listing before the 246 line", sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("23.05"), BackupFiles: 3000},
 			image: f.image, state: status.Success, upload: true, flashed: true, log: "expected, the flash goes on"},
-		{name: "old firmware with no OS identifier", sim: devicesim.Config{Faults: devicesim.Faults{OldFirmwareAfterReboot: true}},
+		{name: "old firmware with no OS identifier", sim: openwrttest.Config{Faults: openwrttest.Faults{OldFirmwareAfterReboot: true}},
 			image: noIdentity, state: status.Failed, reason: status.ReasonOldFirmwareAfterReboot, upload: true, flashed: true,
 			log: "the release it ran before the flash"},
-		{name: "silent reboot", sim: devicesim.Config{Faults: devicesim.Faults{SilentReboot: true}},
+		{name: "silent reboot", sim: openwrttest.Config{Faults: openwrttest.Faults{SilentReboot: true}},
 			image: f.image, state: status.Success, upload: true, flashed: true},
-		{name: "-n: the device comes back with new host keys", sim: devicesim.Config{Faults: devicesim.Faults{NewHostKeysAfterReset: true}},
+		{name: "-n: the device comes back with new host keys", sim: openwrttest.Config{Faults: openwrttest.Faults{NewHostKeysAfterReset: true}},
 			image: f.image, options: opts(`{"sysupgrade":"n"}`), state: status.Success, upload: true, flashed: true},
 		{name: "metadata contradicts the name", image: contradicting,
 			state: status.Aborted, reason: status.ReasonNoImageForBoard, log: "glinet,gl-ar150"},
@@ -195,8 +195,8 @@ func TestBadImagesRefusedAtCreation(t *testing.T) {
 	t.Parallel()
 	f := newFleet(t, fleetOpts{})
 	ctx := context.Background()
-	board := []string{devicesim.DefaultBoardName}
-	for name, im := range map[string]devicesim.Image{
+	board := []string{openwrttest.DefaultBoardName}
+	for name, im := range map[string]openwrttest.Image{
 		"bad CRC":          {Boards: board, Release: e2eRelease, Fwtool: true, BadCRC: true},
 		"corrupt metadata": {Boards: board, Release: e2eRelease, Metadata: &imagemap.Metadata{Raw: json.RawMessage(`{"supported_devices": "x",`)}},
 	} {

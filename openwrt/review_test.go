@@ -15,7 +15,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -45,9 +45,9 @@ func TestOldCustomBuildAfterRebootIsNotSuccess(t *testing.T) {
 	t.Parallel()
 	const before = "OpenWrt 23.05.3 r23809+15-aaaaaaaaaa"
 	const after = "OpenWrt 23.05.3 r23809+20-bbbbbbbbbb"
-	img := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: after, Size: testImgSize}
+	img := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: after, Size: testImgSize}
 	b := setup(t, setupOpts{
-		sim: devicesim.Config{Release: before, Faults: devicesim.Faults{OldFirmwareAfterReboot: true}},
+		sim: openwrttest.Config{Release: before, Faults: openwrttest.Faults{OldFirmwareAfterReboot: true}},
 		img: &img,
 	})
 	err := b.upgrade(t)
@@ -63,14 +63,14 @@ func TestOldCustomBuildAfterRebootIsNotSuccess(t *testing.T) {
 // Hosts use Probe to choose the image by board name.
 func TestProbeWithoutSysinfoIgnoresErrorText(t *testing.T) {
 	t.Parallel()
-	b := setup(t, setupOpts{sim: devicesim.Config{Release: devicesim.ReleaseDescription("12.09")}})
+	b := setup(t, setupOpts{sim: openwrttest.Config{Release: openwrttest.ReleaseDescription("12.09")}})
 	require.False(t, b.dev.SysInfo(), "precondition: no /tmp/sysinfo")
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	info, err := b.u.Probe(ctx, store.Device{ID: testUUID})
 	require.NoError(t, err)
 	require.NotContains(t, info.BoardName, "can't open", "board name %q", info.BoardName)
-	require.Equal(t, devicesim.DefaultModel, info.Model, "the model of /proc/cpuinfo")
+	require.Equal(t, openwrttest.DefaultModel, info.Model, "the model of /proc/cpuinfo")
 }
 
 // Verify (and afterFlash while the device still has its old boot id) logs
@@ -133,13 +133,13 @@ func TestUnreachableAttemptCount(t *testing.T) {
 // expected release is taken as proof of success.
 func TestDeviceWithoutUUIDRefusedAfterKeepConfigFlash(t *testing.T) {
 	t.Parallel()
-	other, err := devicesim.New(devicesim.Config{Release: newRelease, RebootDelay: time.Hour})
+	other, err := openwrttest.New(openwrttest.Config{Release: newRelease, RebootDelay: time.Hour})
 	require.NoError(t, err)
 	require.NoError(t, other.Start())
 	t.Cleanup(func() { other.Close() })
 	var swapped bool
 	b := setup(t, setupOpts{
-		sim: devicesim.Config{RebootDelay: time.Hour, Faults: devicesim.Faults{NeverComeBack: true}},
+		sim: openwrttest.Config{RebootDelay: time.Hour, Faults: openwrttest.Faults{NeverComeBack: true}},
 		creds: func(b *bundle, c *Credentials) {
 			if swapped {
 				c.Address = other.Addr()

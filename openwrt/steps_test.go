@@ -8,7 +8,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
@@ -27,13 +27,13 @@ func TestIdentity(t *testing.T) {
 	t.Parallel()
 	t.Run("dashless uppercase matches", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{UUID: strings.ToUpper(strings.ReplaceAll(testUUID, "-", ""))}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{UUID: strings.ToUpper(strings.ReplaceAll(testUUID, "-", ""))}})
 		require.NoError(t, b.upgrade(t))
 		require.True(t, ran(b.dev, "uci", "get", "openwisp.http.uuid"))
 	})
 	t.Run("mismatch", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{UUID: "00000000-1111-2222-3333-444444444444"}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{UUID: "00000000-1111-2222-3333-444444444444"}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindAborted, status.ReasonIdentityMismatch)
 		requireUntouched(t, b)
@@ -49,7 +49,7 @@ func TestIdentity(t *testing.T) {
 	})
 	t.Run("skipped", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{UUID: "00000000-1111-2222-3333-444444444444"},
+		b := setup(t, setupOpts{sim: openwrttest.Config{UUID: "00000000-1111-2222-3333-444444444444"},
 			config: func(c *Config) { c.SkipIdentityCheck = true }})
 		require.NoError(t, b.upgrade(t))
 		require.False(t, ran(b.dev, "uci", "get", "openwisp.http.uuid"))
@@ -58,10 +58,10 @@ func TestIdentity(t *testing.T) {
 
 func TestChecksum(t *testing.T) {
 	t.Parallel()
-	img := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: testImgSize}
+	img := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: testImgSize}
 	t.Run("present same", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Files: map[string][]byte{ChecksumFile: []byte(img.SHA256() + "\n")}}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindNotNeeded, status.ReasonAlreadyInstalled)
 		requireUntouched(t, b)
@@ -69,7 +69,7 @@ func TestChecksum(t *testing.T) {
 	})
 	t.Run("present different", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Files: map[string][]byte{ChecksumFile: []byte(strings.Repeat("0", 64) + "\n")}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Files: map[string][]byte{ChecksumFile: []byte(strings.Repeat("0", 64) + "\n")}}})
 		require.NoError(t, b.upgrade(t))
 		require.Contains(t, b.rep.Logs(), "Checksum different")
 		f, ok := b.dev.File(ChecksumFile)
@@ -86,7 +86,7 @@ func TestChecksum(t *testing.T) {
 
 func TestMemory(t *testing.T) {
 	t.Parallel()
-	big := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
+	big := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 2 << 20}
 	t.Run("enough", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{})
@@ -97,13 +97,13 @@ func TestMemory(t *testing.T) {
 	})
 	t.Run("no MemAvailable", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{NoMemAvailable: true}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{NoMemAvailable: true}})
 		require.NoError(t, b.upgrade(t))
 		require.Contains(t, b.rep.Logs(), "(MemFree+Buffers+Cached-Shmem)")
 	})
 	t.Run("freed by stopping services", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{img: &big, sim: devicesim.Config{Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}})
+		b := setup(t, setupOpts{img: &big, sim: openwrttest.Config{Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}}})
 		require.NoError(t, b.upgrade(t))
 		for _, svc := range []string{"uhttpd", "dnsmasq", "cron", "rpcd", "log", "odhcpd"} {
 			require.True(t, ran(b.dev, "/etc/init.d/"+svc, "stop"), svc)
@@ -114,8 +114,8 @@ func TestMemory(t *testing.T) {
 	})
 	t.Run("still short", func(t *testing.T) {
 		t.Parallel()
-		huge := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: 32 << 20}
-		b := setup(t, setupOpts{img: &huge, sim: devicesim.Config{MemAvailable: 4 << 20}})
+		huge := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: 32 << 20}
+		b := setup(t, setupOpts{img: &huge, sim: openwrttest.Config{MemAvailable: 4 << 20}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindAborted, status.ReasonInsufficientMemory)
 		for _, svc := range []string{"uhttpd", "dnsmasq", "cron", "rpcd", "log", "odhcpd", "openwisp-config"} {
@@ -130,7 +130,7 @@ func TestMemory(t *testing.T) {
 
 func TestImageTest(t *testing.T) {
 	t.Parallel()
-	wrong := devicesim.Image{Boards: []string{"other,board"}, Release: newRelease, Size: testImgSize}
+	wrong := openwrttest.Image{Boards: []string{"other,board"}, Release: newRelease, Size: testImgSize}
 	t.Run("fail", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{img: &wrong})
@@ -155,15 +155,15 @@ func TestFlash(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
 		name   string
-		faults devicesim.Faults
+		faults openwrttest.Faults
 	}{
-		{"ok", devicesim.Faults{}},
-		{"false ubus error", devicesim.Faults{FlashFalseError: true}},
-		{"false ubus error 25.12", devicesim.Faults{FlashFalseError: true, FalseErrorProvisioning: true}},
+		{"ok", openwrttest.Faults{}},
+		{"false ubus error", openwrttest.Faults{FlashFalseError: true}},
+		{"false ubus error 25.12", openwrttest.Faults{FlashFalseError: true, FalseErrorProvisioning: true}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			b := setup(t, setupOpts{sim: devicesim.Config{Faults: tc.faults}})
+			b := setup(t, setupOpts{sim: openwrttest.Config{Faults: tc.faults}})
 			require.NoError(t, b.upgrade(t))
 			require.Equal(t, newRelease, b.dev.Release())
 			require.Equal(t, 1, b.dev.Reboots())
@@ -171,7 +171,7 @@ func TestFlash(t *testing.T) {
 	}
 	t.Run("real error", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{FlashError: true}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{FlashError: true}}})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindFailed, status.ReasonFlashFailed)
 		require.Contains(t, b.rep.Logs(), "failed to write image")
@@ -182,7 +182,7 @@ func TestFlash(t *testing.T) {
 	t.Run("hung session", func(t *testing.T) {
 		t.Parallel()
 		b := setup(t, setupOpts{
-			sim:    devicesim.Config{Faults: devicesim.Faults{FlashHang: 700 * time.Millisecond}},
+			sim:    openwrttest.Config{Faults: openwrttest.Faults{FlashHang: 700 * time.Millisecond}},
 			config: func(c *Config) { c.UpgradeTimeout = 200 * time.Millisecond },
 		})
 		require.NoError(t, b.upgrade(t))
@@ -196,14 +196,14 @@ func TestReconnect(t *testing.T) {
 	few := func(c *Config) { c.ReconnectMaxRetries = 6 }
 	t.Run("never comes back", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{NeverComeBack: true}}, config: few})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{NeverComeBack: true}}, config: few})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindFailed, status.ReasonUnreachableAfterFlash)
 		require.ErrorContains(t, err, "(6 attempts in", "ReconnectMaxRetries caps the attempts")
 	})
 	t.Run("old firmware", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{OldFirmwareAfterReboot: true}}, config: few})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{OldFirmwareAfterReboot: true}}, config: few})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindFailed, status.ReasonOldFirmwareAfterReboot)
 		require.Equal(t, 1, b.dev.Reboots())
@@ -212,7 +212,7 @@ func TestReconnect(t *testing.T) {
 	})
 	t.Run("not rebooted", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{NoReboot: true}}, config: few})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{NoReboot: true}}, config: few})
 		err := b.upgrade(t)
 		requireKind(t, err, upgrader.KindFailed, status.ReasonOldFirmwareAfterReboot)
 		require.Contains(t, b.rep.Logs(), "same boot id")
@@ -221,7 +221,7 @@ func TestReconnect(t *testing.T) {
 	})
 	t.Run("new address", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{Faults: devicesim.Faults{ComeBackOnNewAddress: true}}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{Faults: openwrttest.Faults{ComeBackOnNewAddress: true}}})
 		before := b.dev.Addr()
 		require.NoError(t, b.upgrade(t))
 		require.NotEqual(t, before, b.dev.Addr())
@@ -229,7 +229,7 @@ func TestReconnect(t *testing.T) {
 	})
 	t.Run("slow reboot", func(t *testing.T) {
 		t.Parallel()
-		b := setup(t, setupOpts{sim: devicesim.Config{RebootDelay: 600 * time.Millisecond}})
+		b := setup(t, setupOpts{sim: openwrttest.Config{RebootDelay: 600 * time.Millisecond}})
 		require.NoError(t, b.upgrade(t))
 	})
 }

@@ -6,7 +6,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 )
 
@@ -39,5 +39,5 @@ func TestUpgradeSuccess(t *testing.T) {
 	require.True(t, ran(b.dev, "rm", "-f", ConfigChecksumFile))
 	require.True(t, ran(b.dev, "sysupgrade", "--test", "-c", "/tmp/"+b.job.Image.Name))
 	t.Log(b.rep.Logs())
-	_ = devicesim.DefaultUser
+	_ = openwrttest.DefaultUser
 }

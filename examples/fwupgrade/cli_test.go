@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 )
 
 const (
@@ -32,14 +32,14 @@ const (
 )
 
 type env struct {
-	dev        *devicesim.Device
+	dev        *openwrttest.Device
 	uuid       string
 	knownHosts string
 	image      string
 	dir        string
 }
 
-func setup(t *testing.T, cfg devicesim.Config) *env {
+func setup(t *testing.T, cfg openwrttest.Config) *env {
 	t.Helper()
 	e := &env{uuid: uuid.NewString(), dir: t.TempDir()}
 	if cfg.Model == "" {
@@ -52,7 +52,7 @@ func setup(t *testing.T, cfg devicesim.Config) *env {
 	if cfg.RebootDelay == 0 {
 		cfg.RebootDelay = 200 * time.Millisecond
 	}
-	dev, err := devicesim.New(cfg)
+	dev, err := openwrttest.New(cfg)
 	require.NoError(t, err)
 	require.NoError(t, dev.Start())
 	t.Cleanup(func() { dev.Close() })
@@ -62,7 +62,7 @@ func setup(t *testing.T, cfg devicesim.Config) *env {
 	e.image = filepath.Join(e.dir, "openwrt-23.05.3-"+c7Type)
 	f, err := os.Create(e.image)
 	require.NoError(t, err)
-	_, err = io.Copy(f, devicesim.Image{Boards: []string{c7Board}, Release: newRelease, Size: 1 << 20}.Reader())
+	_, err = io.Copy(f, openwrttest.Image{Boards: []string{c7Board}, Release: newRelease, Size: 1 << 20}.Reader())
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
 	return e
@@ -71,7 +71,7 @@ func setup(t *testing.T, cfg devicesim.Config) *env {
 // TestMain sets the password variable once: t.Setenv cannot be used in
 // parallel tests.
 func TestMain(m *testing.M) {
-	os.Setenv("FWUPGRADE_TEST_PASSWORD", devicesim.DefaultPassword)
+	os.Setenv("FWUPGRADE_TEST_PASSWORD", openwrttest.DefaultPassword)
 	os.Exit(m.Run())
 }
 
@@ -103,7 +103,7 @@ func runCLI(t *testing.T, args []string, sig chan os.Signal) (int, result, strin
 // flashed reports whether the device ran a flash: a sysupgrade other than
 // --test (matching command lines would also match image file names that
 // contain "sysupgrade").
-func flashed(dev *devicesim.Device) bool {
+func flashed(dev *openwrttest.Device) bool {
 	for _, argv := range dev.Executed() {
 		if len(argv) > 0 && argv[0] == "sysupgrade" && !slices.Contains(argv, "--test") {
 			return true
@@ -114,7 +114,7 @@ func flashed(dev *devicesim.Device) bool {
 
 func TestUpgradeSuccess(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{})
+	e := setup(t, openwrttest.Config{})
 	code, res, stderr := runCLI(t, e.args("--option", "c"), nil)
 	require.Equal(t, exitSuccess, code, stderr)
 	assert.Equal(t, "success", res.State)
@@ -127,7 +127,7 @@ func TestUpgradeSuccess(t *testing.T) {
 
 func TestAbortedWrongBoard(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{Model: "GL.iNet GL-AR300M", BoardName: "glinet,gl-ar300m"})
+	e := setup(t, openwrttest.Config{Model: "GL.iNet GL-AR300M", BoardName: "glinet,gl-ar300m"})
 	code, res, _ := runCLI(t, e.args(), nil)
 	assert.Equal(t, exitAborted, code)
 	assert.Equal(t, "aborted", res.State)
@@ -138,7 +138,7 @@ func TestAbortedWrongBoard(t *testing.T) {
 
 func TestAbortedWrongUUID(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{UUID: uuid.NewString()})
+	e := setup(t, openwrttest.Config{UUID: uuid.NewString()})
 	code, res, _ := runCLI(t, e.args(), nil)
 	assert.Equal(t, exitAborted, code)
 	assert.Equal(t, "identity-mismatch", res.Reason)
@@ -147,8 +147,8 @@ func TestAbortedWrongUUID(t *testing.T) {
 
 func TestAbortedHostKeyMismatch(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{})
-	other, err := devicesim.New(devicesim.Config{})
+	e := setup(t, openwrttest.Config{})
+	other, err := openwrttest.New(openwrttest.Config{})
 	require.NoError(t, err)
 	require.NoError(t, other.Start())
 	defer other.Close()
@@ -164,7 +164,7 @@ func TestAbortedHostKeyMismatch(t *testing.T) {
 
 func TestFailedNeverBack(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{Faults: devicesim.Faults{NeverComeBack: true}})
+	e := setup(t, openwrttest.Config{Faults: openwrttest.Faults{NeverComeBack: true}})
 	args := e.args()
 	for i, a := range args {
 		if a == "--reconnect-max-retries" {
@@ -179,7 +179,7 @@ func TestFailedNeverBack(t *testing.T) {
 
 func TestCtrlCCancelsBeforeFlashing(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{})
+	e := setup(t, openwrttest.Config{})
 	sig := make(chan os.Signal, 1)
 	sig <- os.Interrupt
 	code, res, stderr := runCLI(t, e.args(), sig)
@@ -191,7 +191,7 @@ func TestCtrlCCancelsBeforeFlashing(t *testing.T) {
 
 func TestBadUsage(t *testing.T) {
 	t.Parallel()
-	e := setup(t, devicesim.Config{})
+	e := setup(t, openwrttest.Config{})
 	without := func(flag string, hasValue bool) []string {
 		var out []string
 		args := e.args()
@@ -250,7 +250,7 @@ func TestUpgradeWithKeyFile(t *testing.T) {
 	require.NoError(t, err)
 	sshPub, err := ssh.NewPublicKey(pub)
 	require.NoError(t, err)
-	e := setup(t, devicesim.Config{Password: "not-used-" + uuid.NewString(), AuthorizedKeys: []ssh.PublicKey{sshPub}})
+	e := setup(t, openwrttest.Config{Password: "not-used-" + uuid.NewString(), AuthorizedKeys: []ssh.PublicKey{sshPub}})
 	block, err := ssh.MarshalPrivateKey(priv, "")
 	require.NoError(t, err)
 	keyFile := filepath.Join(e.dir, "id_ed25519")

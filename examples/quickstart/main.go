@@ -1,5 +1,5 @@
 // Command quickstart upgrades a simulated OpenWrt device end to end: it
-// starts an in-process device that speaks real SSH (internal/devicesim),
+// starts an in-process device that speaks real SSH (openwrt/openwrttest),
 // creates a category, a build and an image in the memory store, upgrades the
 // device with the openwrt upgrader through the engine, and prints the phases
 // and the progress as they happen, then the final operation. It exits 1 if
@@ -19,7 +19,7 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -50,7 +50,7 @@ func run(out io.Writer) error {
 
 	// 1. A simulated OpenWrt router, on 127.0.0.1, without sftp-server (like
 	// most real ones): the upload falls back to SCP.
-	dev, err := devicesim.New(devicesim.Config{
+	dev, err := openwrttest.New(openwrttest.Config{
 		Model: model, BoardName: boardName, UUID: deviceID, Release: oldRelease,
 		SCP: true, RebootDelay: 2 * time.Second,
 	})
@@ -68,7 +68,7 @@ func run(out io.Writer) error {
 	ow, err := openwrt.New(&openwrt.Config{
 		CredentialsFunc: func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
 			return openwrt.Credentials{
-				Address: dev.Addr(), User: "root", Password: devicesim.DefaultPassword,
+				Address: dev.Addr(), User: "root", Password: openwrttest.DefaultPassword,
 				HostKeyCallback: openwrt.PinnedKey(dev.HostKey()),
 			}, nil
 		},
@@ -100,7 +100,7 @@ func run(out io.Writer) error {
 	if err != nil {
 		return err
 	}
-	simImage := devicesim.Image{Boards: []string{boardName}, Release: newRelease, Size: imageSize}
+	simImage := openwrttest.Image{Boards: []string{boardName}, Release: newRelease, Size: imageSize}
 	img, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: imageType,
 		Name: "openwrt-23.05.3-" + imageType}, simImage.Reader())
 	if err != nil {

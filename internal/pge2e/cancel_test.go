@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -32,8 +32,8 @@ import (
 func TestCancelAcrossProcesses(t *testing.T) {
 	url := pgtest.URL(t)
 	r := newRig(t, url, rigOpts{imageSize: 1 << 20})
-	ds := r.devices(1, func(int) devicesim.Config {
-		return devicesim.Config{RebootDelay: 500 * time.Millisecond, Faults: devicesim.Faults{LowMemoryUntilServicesStopped: true}}
+	ds := r.devices(1, func(int) openwrttest.Config {
+		return openwrttest.Config{RebootDelay: 500 * time.Millisecond, Faults: openwrttest.Faults{LowMemoryUntilServicesStopped: true}}
 	}, nil)
 	d, dev := ds[0], r.dev(ds[0].ID)
 	ctx := context.Background()
@@ -113,7 +113,7 @@ func TestCancelAcrossProcesses(t *testing.T) {
 	assert.Empty(t, dev.Flashes(), "the device was never flashed")
 	assert.Empty(t, flashCommands(dev), "no flash command reached the device")
 	assert.Zero(t, dev.Reboots())
-	assert.Equal(t, devicesim.DefaultRelease, dev.Release())
+	assert.Equal(t, openwrttest.DefaultRelease, dev.Release())
 	for svc, running := range dev.Services() {
 		assert.True(t, running, "service %s runs again", svc)
 	}

@@ -24,7 +24,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -176,7 +176,7 @@ func childEngine(spec childSpec, log *slog.Logger, wrap func(store.Store) store.
 					return openwrt.Credentials{}, err
 				}
 			}
-			return openwrt.Credentials{Address: dev.addr, User: devicesim.DefaultUser, Password: devicesim.DefaultPassword,
+			return openwrt.Credentials{Address: dev.addr, User: openwrttest.DefaultUser, Password: openwrttest.DefaultPassword,
 				HostKeyCallback: openwrt.PinnedKey(dev.key)}, nil
 		},
 		ConnectTimeout: 10 * time.Second, CommandTimeout: 20 * time.Second, UpgradeTimeout: 20 * time.Second,

@@ -12,7 +12,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
@@ -145,10 +145,10 @@ func TestKilledEngineProcesses(t *testing.T) {
 	)
 	start := time.Now()
 	r := newRig(t, url, rigOpts{imageSize: 256 << 10})
-	meter := devicesim.NewMeter()
+	meter := openwrttest.NewMeter()
 	loc := func(i int) string { return fmt.Sprintf("site-%02d", i%locations) }
-	devs := r.devices(devices, func(i int) devicesim.Config {
-		return devicesim.Config{RebootDelay: 700 * time.Millisecond, Meter: meter, MeterGroup: loc(i), NoMD5: true}
+	devs := r.devices(devices, func(i int) openwrttest.Config {
+		return openwrttest.Config{RebootDelay: 700 * time.Millisecond, Meter: meter, MeterGroup: loc(i), NoMD5: true}
 	}, loc)
 	t.Logf("%d devices up after %s", devices, time.Since(start).Round(time.Millisecond))
 

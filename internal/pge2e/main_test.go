@@ -1,7 +1,7 @@
 // Package pge2e_test holds the multi-process end-to-end tests: engines in
 // separate processes (this test binary run again, see TestEngineProcess)
 // share one PostgreSQL store (storeadapters/postgres) and upgrade simulated
-// OpenWrt devices (internal/devicesim) over real SSH.
+// OpenWrt devices (openwrt/openwrttest) over real SSH.
 //
 // The test process (the parent) runs the devices, so that they outlive the
 // engine processes it kills and record every flash, and the database (the

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -76,8 +76,8 @@ func testRestart(t *testing.T, sig syscall.Signal) {
 	start := time.Now()
 	c := newCluster(t)
 	r := newRig(t, c.url, rigOpts{imageSize: 256 << 10})
-	devs := r.devices(devices, func(int) devicesim.Config {
-		return devicesim.Config{RebootDelay: 700 * time.Millisecond, NoMD5: true}
+	devs := r.devices(devices, func(int) openwrttest.Config {
+		return openwrttest.Config{RebootDelay: 700 * time.Millisecond, NoMD5: true}
 	}, nil)
 	ctx := context.Background()
 	b, plan, err := r.eng.CreateBatch(ctx, upgrader.BatchRequest{BuildID: r.build.ID, Name: "fleet", Firmwareless: true,

@@ -29,7 +29,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
@@ -65,7 +65,7 @@ type rig struct {
 	image  store.Image
 
 	mu      sync.Mutex
-	devs    map[string]*devicesim.Device
+	devs    map[string]*openwrttest.Device
 	devFile string
 }
 
@@ -90,7 +90,7 @@ func newRig(t *testing.T, url string, o rigOpts) *rig {
 	pcfg.ConnConfig.RuntimeParams["application_name"] = "pge2e-parent"
 	pool, err := pgxpool.NewWithConfig(ctx, pcfg)
 	require.NoError(t, err)
-	r := &rig{t: t, url: url, pool: pool, schema: randomSchema(), dir: t.TempDir(), devs: map[string]*devicesim.Device{}}
+	r := &rig{t: t, url: url, pool: pool, schema: randomSchema(), dir: t.TempDir(), devs: map[string]*openwrttest.Device{}}
 	t.Cleanup(func() {
 		cctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -129,7 +129,7 @@ func newRig(t *testing.T, url string, o rigOpts) *rig {
 	if size == 0 {
 		size = 256 << 10
 	}
-	sim := devicesim.Image{Boards: []string{devicesim.DefaultBoardName}, Release: newRelease, Size: size}
+	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: size}
 	r.image, err = r.eng.CreateImage(ctx, store.Image{BuildID: r.build.ID, Type: imageType, Name: "openwrt-23.05.3-" + imageType}, sim.Reader())
 	require.NoError(t, err)
 	return r
@@ -140,7 +140,7 @@ func newRig(t *testing.T, url string, o rigOpts) *rig {
 // writes the file the engine processes read their addresses and host keys
 // from. The devices are closed when the test ends, after the engine
 // processes started later.
-func (r *rig) devices(n int, cfg func(i int) devicesim.Config, loc func(i int) string) []store.Device {
+func (r *rig) devices(n int, cfg func(i int) openwrttest.Config, loc func(i int) string) []store.Device {
 	t := r.t
 	t.Helper()
 	t.Cleanup(r.closeDevices)
@@ -171,10 +171,10 @@ func (r *rig) devices(n int, cfg func(i int) devicesim.Config, loc func(i int) s
 	return out
 }
 
-func (r *rig) device(cfg devicesim.Config, loc func(int) string, i int) (store.Device, error) {
+func (r *rig) device(cfg openwrttest.Config, loc func(int) string, i int) (store.Device, error) {
 	id := uuid.NewString()
 	cfg.UUID = id
-	dev, err := devicesim.New(cfg)
+	dev, err := openwrttest.New(cfg)
 	if err != nil {
 		return store.Device{}, err
 	}
@@ -192,7 +192,7 @@ func (r *rig) device(cfg devicesim.Config, loc func(int) string, i int) (store.D
 	return r.eng.RegisterDevice(context.Background(), d)
 }
 
-func (r *rig) dev(id string) *devicesim.Device {
+func (r *rig) dev(id string) *openwrttest.Device {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.devs[id]
@@ -200,7 +200,7 @@ func (r *rig) dev(id string) *devicesim.Device {
 
 func (r *rig) closeDevices() {
 	r.mu.Lock()
-	devs := make([]*devicesim.Device, 0, len(r.devs))
+	devs := make([]*openwrttest.Device, 0, len(r.devs))
 	for _, d := range r.devs {
 		devs = append(devs, d)
 	}
@@ -438,7 +438,7 @@ func (r *rig) waitBatch(id string, timeout time.Duration) store.Batch {
 
 // flashCommands returns the flash commands the device ran: a sysupgrade
 // other than --test.
-func flashCommands(dev *devicesim.Device) [][]string {
+func flashCommands(dev *openwrttest.Device) [][]string {
 	var out [][]string
 	for _, argv := range dev.Executed() {
 		if len(argv) > 0 && argv[0] == "sysupgrade" && !slices.Contains(argv, "--test") {

@@ -11,7 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
@@ -59,7 +59,7 @@ func (s *blinkStore) Operation(ctx context.Context, id string) (store.Operation,
 // (status.ReasonUpgraderError), and the operation ends failed for good.
 func TestTransientStoreErrorAtCancelCheckpoint(t *testing.T) {
 	r := newRig(t, pgtest.URL(t), rigOpts{})
-	ds := r.devices(1, func(int) devicesim.Config { return devicesim.Config{RebootDelay: 300 * time.Millisecond} }, nil)
+	ds := r.devices(1, func(int) openwrttest.Config { return openwrttest.Config{RebootDelay: 300 * time.Millisecond} }, nil)
 	dev := r.dev(ds[0].ID)
 	var bs *blinkStore
 	eng, pool, err := childEngine(r.engineSpec("engine-x"), slog.New(slog.DiscardHandler), func(s store.Store) store.Store {

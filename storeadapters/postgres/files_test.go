@@ -20,7 +20,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/internal/devicesim"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres"
@@ -343,7 +343,7 @@ func TestFilesWithEngine(t *testing.T) {
 	cat := must(eng.CreateCategory(ctx, store.Category{Organization: "org", Name: "routers"}))
 	build := must(eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "23.05.3"}))
 	// The metadata block (at the end) straddles the last two chunks.
-	img := devicesim.Image{Boards: []string{"acme,router-x"}, Release: "OpenWrt 23.05.3 r23809-234f1a2efa", Fwtool: true,
+	img := openwrttest.Image{Boards: []string{"acme,router-x"}, Release: "OpenWrt 23.05.3 r23809-234f1a2efa", Fwtool: true,
 		Size: 2*fileChunk + 100}
 	im, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: "acme-router-x-squashfs-sysupgrade.bin"}, img.Reader())
 	require.NoError(t, err)

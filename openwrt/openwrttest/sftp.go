@@ -1,4 +1,4 @@
-package devicesim
+package openwrttest
 
 import (
 	"bytes"

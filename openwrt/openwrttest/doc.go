@@ -1,4 +1,4 @@
-// Package devicesim is an in-process OpenWrt-like device that speaks real SSH.
+// Package openwrttest is an in-process OpenWrt-like device that speaks real SSH.
 //
 // A Device listens on 127.0.0.1, accepts SSH connections (x/crypto/ssh server
 // side, password and public-key authentication, a fixed host key), and runs
@@ -113,4 +113,4 @@
 //
 // A Device costs one goroutine while it is up and idle; Close stops every
 // goroutine it started, including pending reboots.
-package devicesim
+package openwrttest

@@ -1,6 +1,6 @@
 //go:build !linux
 
-package devicesim
+package openwrttest
 
 import (
 	"net"
