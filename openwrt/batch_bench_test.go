@@ -34,8 +34,8 @@ import (
 	"github.com/google/uuid"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -413,7 +413,7 @@ func startDeviceHost(b *testing.B, r *batchRig, n int, reboot time.Duration) *de
 		r.remote[f[1]] = remoteDevice{addr: f[2], key: key}
 		r.mu.Unlock()
 		_, err = r.engines[0].RegisterDevice(context.Background(), store.Device{ID: f[1], Model: openwrttest.DefaultModel,
-			BoardName: openwrttest.DefaultBoardName, OSIdentifier: openwrttest.DefaultRelease, Connection: "openwrt-ssh", Active: true})
+			BoardName: openwrttest.DefaultBoardName, OSIdentifier: openwrttest.DefaultRelease, Connection: openwrt.Connection, Active: true})
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -21,8 +21,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/memory"
@@ -169,7 +169,7 @@ func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 		ow, err := openwrt.New(ocfg)
 		require.NoError(tb, err)
 		reg := upgrader.NewRegistry()
-		require.NoError(tb, reg.Register("openwrt-ssh", ow))
+		require.NoError(tb, reg.Register(openwrt.Connection, ow))
 		ecfg := &upgrader.Config{
 			Owner: owner, Workers: o.workers, Files: r.files, MaxImageSize: o.maxImageSize,
 			LeaseDuration: 2 * time.Second, PollInterval: 20 * time.Millisecond, MaintenanceInterval: 50 * time.Millisecond,
@@ -179,7 +179,7 @@ func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 		if o.engine != nil {
 			o.engine(ecfg)
 		}
-		eng, err := upgrader.New(claimLog{Store: r.st, rec: r.claims}, reg, ecfg)
+		eng, err := upgrader.NewEngine(claimLog{Store: r.st, rec: r.claims}, reg, ecfg)
 		require.NoError(tb, err)
 		r.engines = append(r.engines, eng)
 	}
@@ -195,7 +195,7 @@ func newBatchRig(tb testing.TB, o batchRigOpts) *batchRig {
 		size = 256 << 10
 	}
 	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: size}
-	r.image, err = host.CreateImage(ctx, store.Image{BuildID: r.build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
+	r.image, err = host.UploadImage(ctx, store.Image{BuildID: r.build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(tb, err)
 	return r
 }
@@ -273,7 +273,7 @@ func (r *batchRig) device(cfg openwrttest.Config, loc func(int) string, i int) (
 		return store.Device{}, err
 	}
 	d := store.Device{ID: id, Model: dev.Config().Model, BoardName: dev.Config().BoardName, OSIdentifier: dev.Release(),
-		Connection: "openwrt-ssh", Active: true}
+		Connection: openwrt.Connection, Active: true}
 	if loc != nil {
 		d.Location = loc(i)
 	}

@@ -19,8 +19,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/memory"
@@ -78,7 +78,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	ow, err := openwrt.New(ocfg)
 	require.NoError(t, err)
 	reg := upgrader.NewRegistry()
-	require.NoError(t, reg.Register("openwrt-ssh", ow))
+	require.NoError(t, reg.Register(openwrt.Connection, ow))
 	ecfg := &upgrader.Config{
 		Logger: slog.New(slog.DiscardHandler),
 		Retry:  upgrader.RetryPolicy{InitialInterval: 20 * time.Millisecond, MaxInterval: 50 * time.Millisecond, RandomizationFactor: -1},
@@ -86,7 +86,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 	if o.engine != nil {
 		o.engine(ecfg)
 	}
-	f.eng, err = upgrader.New(f.st, reg, ecfg)
+	f.eng, err = upgrader.NewEngine(f.st, reg, ecfg)
 	require.NoError(t, err)
 
 	ctx := context.Background()
@@ -99,7 +99,7 @@ func newFleet(t *testing.T, o fleetOpts) *fleet {
 		size = 256 << 10
 	}
 	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: size}
-	f.image, err = f.eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
+	f.image, err = f.eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(t, err)
 	return f
 }
@@ -120,7 +120,7 @@ func (f *fleet) device(t *testing.T, cfg openwrttest.Config) (store.Device, *ope
 	f.devs[id] = dev
 	f.mu.Unlock()
 	d, err := f.eng.RegisterDevice(context.Background(), store.Device{ID: id, Model: dev.Config().Model,
-		BoardName: dev.Config().BoardName, OSIdentifier: dev.Release(), Connection: "openwrt-ssh", Active: true})
+		BoardName: dev.Config().BoardName, OSIdentifier: dev.Release(), Connection: openwrt.Connection, Active: true})
 	require.NoError(t, err)
 	return d, dev
 }
@@ -398,7 +398,7 @@ func TestOpenWrtPassesUpgraderSuite(t *testing.T) {
 				sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: 64 << 10}
 				return &upgrader.Job{
 					Operation: store.Operation{ID: store.NewID(), DeviceID: id, State: status.InProgress, Attempt: 1},
-					Device:    store.Device{ID: id, Connection: "openwrt-ssh", Active: true},
+					Device:    store.Device{ID: id, Connection: openwrt.Connection, Active: true},
 					Image: upgrader.Image{
 						Image: store.Image{ID: "img", Name: "openwrt-" + e2eType, Size: sim.Len(), SHA256: sim.SHA256()},
 						Build: store.Build{OSIdentifier: e2eRelease},

@@ -42,8 +42,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/memory"
@@ -750,7 +750,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 		c.led = newLedger()
 	}
 	var err error
-	c.host, err = upgrader.New(c.st, upgrader.NewRegistry(), &upgrader.Config{Files: c.files, Logger: slog.New(slog.DiscardHandler)})
+	c.host, err = upgrader.NewEngine(c.st, upgrader.NewRegistry(), &upgrader.Config{Files: c.files, Logger: slog.New(slog.DiscardHandler)})
 	require.NoError(t, err)
 	ctx := context.Background()
 	cat, err := c.host.CreateCategory(ctx, store.Category{Name: "c7"})
@@ -758,7 +758,7 @@ func newCluster(t *testing.T, o clusterOpts) *cluster {
 	build, err := c.host.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "23.05.3", OSIdentifier: e2eRelease})
 	require.NoError(t, err)
 	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: e2eRelease, Size: o.imageSize}
-	c.image, err = c.host.CreateImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
+	c.image, err = c.host.UploadImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: "openwrt-23.05.3-" + e2eType}, sim.Reader())
 	require.NoError(t, err)
 	return c
 }
@@ -782,7 +782,7 @@ func (c *cluster) device(t *testing.T, cfg openwrttest.Config) (store.Device, *o
 	c.devs[id] = dev
 	c.mu.Unlock()
 	d, err := c.host.RegisterDevice(context.Background(), store.Device{ID: id, Model: dev.Config().Model,
-		BoardName: dev.Config().BoardName, OSIdentifier: dev.Release(), Connection: "openwrt-ssh", Active: true})
+		BoardName: dev.Config().BoardName, OSIdentifier: dev.Release(), Connection: openwrt.Connection, Active: true})
 	require.NoError(t, err)
 	return d, dev
 }
@@ -827,12 +827,12 @@ func (c *cluster) spawn(t *testing.T, name string) *proc {
 	})
 	require.NoError(t, err)
 	reg := upgrader.NewRegistry()
-	require.NoError(t, reg.Register("openwrt-ssh", ow))
+	require.NoError(t, reg.Register(openwrt.Connection, ow))
 	workers := c.opts.workers
 	if workers == 0 {
 		workers = 4
 	}
-	p.eng, err = upgrader.New(p.st, reg, &upgrader.Config{
+	p.eng, err = upgrader.NewEngine(p.st, reg, &upgrader.Config{
 		Owner: name, LeaseDuration: c.opts.lease, PollInterval: 50 * time.Millisecond,
 		MaintenanceInterval: 100 * time.Millisecond, Workers: workers, Files: c.files,
 		Logger: slog.New(slog.DiscardHandler),

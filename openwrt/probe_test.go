@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"

@@ -34,7 +34,7 @@ func (f *fleet) addImage(t *testing.T, version, osIdentifier, name string, im op
 	if im.Size == 0 {
 		im.Size = 128 << 10
 	}
-	img, err := f.eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: name}, im.Reader())
+	img, err := f.eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: e2eType, Name: name}, im.Reader())
 	require.NoError(t, err)
 	return img
 }
@@ -200,9 +200,9 @@ func TestBadImagesRefusedAtCreation(t *testing.T) {
 		"bad CRC":          {Boards: board, Release: e2eRelease, Fwtool: true, BadCRC: true},
 		"corrupt metadata": {Boards: board, Release: e2eRelease, Metadata: &imagemap.Metadata{Raw: json.RawMessage(`{"supported_devices": "x",`)}},
 	} {
-		_, err := f.eng.CreateImage(ctx, store.Image{BuildID: f.image.BuildID, Type: e2eType + "." + strings.ReplaceAll(name, " ", "-")}, im.Reader())
+		_, err := f.eng.UploadImage(ctx, store.Image{BuildID: f.image.BuildID, Type: e2eType + "." + strings.ReplaceAll(name, " ", "-")}, im.Reader())
 		assert.ErrorIs(t, err, upgrader.ErrImageInvalid, name)
 	}
-	_, err := f.eng.CreateImage(ctx, store.Image{BuildID: f.image.BuildID, Type: e2eType + ".empty"}, strings.NewReader(""))
+	_, err := f.eng.UploadImage(ctx, store.Image{BuildID: f.image.BuildID, Type: e2eType + ".empty"}, strings.NewReader(""))
 	assert.ErrorIs(t, err, upgrader.ErrImageInvalid, "empty")
 }

@@ -16,6 +16,12 @@ import (
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
+// Connection is the store.Device.Connection value, and the registry name,
+// of devices this package upgrades: register an Upgrader under it
+// (reg.Register(openwrt.Connection, u)) and give OpenWrt devices this
+// Connection.
+const Connection = "openwrt-ssh"
+
 // Paths and files on the device.
 const (
 	// ChecksumFile holds the SHA-256 of the last image flashed by an

@@ -96,7 +96,7 @@ func setupBatch(t *testing.T, mod func(*upgrader.Config)) *batchBundle {
 	ctx := context.Background()
 	oldBuild, err := b.eng.CreateBuild(ctx, store.Build{CategoryID: b.build.CategoryID, Version: "1.0", OSIdentifier: "TestOS 1.0 r0"})
 	require.NoError(t, err)
-	old, err := b.eng.CreateImage(ctx, store.Image{BuildID: oldBuild.ID, Type: testType}, strings.NewReader("old firmware"))
+	old, err := b.eng.UploadImage(ctx, store.Image{BuildID: oldBuild.ID, Type: testType}, strings.NewReader("old firmware"))
 	require.NoError(t, err)
 	require.NoError(t, b.eng.Start(ctx))
 	t.Cleanup(func() {

@@ -15,11 +15,11 @@ import (
 	"github.com/fwupgrader/fwupgrader/store"
 )
 
-// ErrImageTooLarge is returned by CreateImage for an image over
+// ErrImageTooLarge is returned by UploadImage for an image over
 // Config.MaxImageSize.
 var ErrImageTooLarge = errors.New("upgrader: image too large")
 
-// ErrUnknownImageType is returned by CreateImage for an image whose type is
+// ErrUnknownImageType is returned by UploadImage for an image whose type is
 // not in the image map and whose own metadata names no boards.
 var ErrUnknownImageType = errors.New("upgrader: unknown image type")
 
@@ -33,7 +33,15 @@ func (e *Engine) CreateBuild(ctx context.Context, b store.Build) (store.Build, e
 	return e.store.CreateBuild(ctx, b)
 }
 
-// CreateImage stores the bytes r yields with Config.Files and then the image
+// CreateImage is UploadImage.
+//
+// Deprecated: use UploadImage. It is the one call that stores an image's
+// bytes (the store's CreateImage records metadata only).
+func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (store.Image, error) {
+	return e.UploadImage(ctx, im, r)
+}
+
+// UploadImage stores the bytes r yields with Config.Files and then the image
 // record, filling Size and SHA256 (computed once, while streaming; a SHA256
 // set by the caller must match) and Boards (from the image's fwtool
 // metadata, when it has some). im.Name defaults to im.Type; im.Type may be
@@ -48,9 +56,9 @@ func (e *Engine) CreateBuild(ctx context.Context, b store.Build) (store.Build, e
 // as sysupgrade reads it (imagemap.Metadata.Boards): new_supported_devices
 // when present, and no boards from the message an image with a
 // compat_version other than 1.0 carries in supported_devices.
-func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (store.Image, error) {
+func (e *Engine) UploadImage(ctx context.Context, im store.Image, r io.Reader) (store.Image, error) {
 	if r == nil {
-		return store.Image{}, errors.New("upgrader: CreateImage: nil reader")
+		return store.Image{}, errors.New("upgrader: UploadImage: nil reader")
 	}
 	if im.Type == "" && im.Name != "" {
 		im.Type = imagemap.TypeFromFileName(im.Name)
@@ -128,7 +136,7 @@ func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (
 	return created, nil
 }
 
-// ErrImageInvalid is returned by CreateImage for an image that cannot be
+// ErrImageInvalid is returned by UploadImage for an image that cannot be
 // right: empty, or with fwtool metadata that is corrupt or fails its CRC.
 var ErrImageInvalid = errors.New("upgrader: invalid image")
 

@@ -39,7 +39,7 @@ func (s slowFirmwareStore) PutDeviceFirmware(ctx context.Context, df store.Devic
 func TestWaitSeesDeviceFirmware(t *testing.T) {
 	t.Parallel()
 	b := setup(t, &upgradertest.Fake{}, nil)
-	eng, err := upgrader.New(slowFirmwareStore{b.st}, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
+	eng, err := upgrader.NewEngine(slowFirmwareStore{b.st}, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	require.NoError(t, eng.Start(ctx))
@@ -207,7 +207,7 @@ func TestFailedEndWriteIsRetried(t *testing.T) {
 	b := setup(t, &upgradertest.Fake{}, nil)
 	fs := &flakyStore{Store: b.st}
 	fs.n.Store(3)
-	eng, err := upgrader.New(fs, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
+	eng, err := upgrader.NewEngine(fs, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
@@ -229,7 +229,7 @@ func TestStrandedOperationRecoveredByAnotherEngine(t *testing.T) {
 	fs := &flakyStore{Store: b.st}
 	fs.n.Store(math.MaxInt32)
 	deadStore := &downStore{flakyStore: fs}
-	eng, err := upgrader.New(deadStore, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
+	eng, err := upgrader.NewEngine(deadStore, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
 		LeaseDuration: 150 * time.Millisecond})
 	require.NoError(t, err)
 	ctx := context.Background()
@@ -244,7 +244,7 @@ func TestStrandedOperationRecoveredByAnotherEngine(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, status.InProgress, cur.State, "the first engine could not write the end")
 
-	eng2, err := upgrader.New(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
+	eng2, err := upgrader.NewEngine(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
 		LeaseDuration: 150 * time.Millisecond, PollInterval: 20 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, eng2.Start(ctx))
@@ -314,7 +314,7 @@ func TestValuesThatMakeNoSense(t *testing.T) {
 		"negative poll":          {PollInterval: -time.Second},
 		"owner with spaces":      {Owner: " me "},
 	} {
-		_, err := upgrader.New(st, reg, &cfg)
+		_, err := upgrader.NewEngine(st, reg, &cfg)
 		assert.Error(t, err, name)
 	}
 	for _, p := range []upgrader.RetryPolicy{{Multiplier: -3}, {Multiplier: math.NaN()}, {RandomizationFactor: math.NaN()}} {
@@ -328,7 +328,7 @@ func TestValuesThatMakeNoSense(t *testing.T) {
 	unsub()
 	_, open := <-ch
 	assert.False(t, open)
-	_, err := b.eng.CreateImage(context.Background(), store.Image{BuildID: b.build.ID, Type: testType + ".nil"}, nil)
+	_, err := b.eng.UploadImage(context.Background(), store.Image{BuildID: b.build.ID, Type: testType + ".nil"}, nil)
 	assert.Error(t, err, "a nil reader")
 }
 
@@ -345,7 +345,7 @@ func TestCancelAcrossEngines(t *testing.T) {
 	defer close(hold)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	other, err := upgrader.New(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
+	other, err := upgrader.NewEngine(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
 		LeaseDuration: 300 * time.Millisecond})
 	require.NoError(t, err)
 	require.NoError(t, b.eng.Start(ctx))
@@ -384,7 +384,7 @@ func TestTwoEnginesShareWork(t *testing.T) {
 	t.Parallel()
 	fake := &upgradertest.Fake{StepDelay: time.Millisecond}
 	b := setup(t, fake, func(c *upgrader.Config) { c.PollInterval = 10 * time.Millisecond })
-	other, err := upgrader.New(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
+	other, err := upgrader.NewEngine(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet(),
 		Workers: 4, PollInterval: 10 * time.Millisecond})
 	require.NoError(t, err)
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

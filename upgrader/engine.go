@@ -61,14 +61,21 @@ type Engine struct {
 	workers    sync.WaitGroup
 }
 
-// New returns an engine over s that picks upgraders from reg. cfg may be
-// nil. New starts no goroutines.
+// New is NewEngine.
+//
+// Deprecated: use NewEngine, whose name says what it returns.
 func New(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
+	return NewEngine(s, reg, cfg)
+}
+
+// NewEngine returns an engine over s that picks upgraders from reg. cfg may
+// be nil. NewEngine starts no goroutines; Start does.
+func NewEngine(s store.Store, reg *Registry, cfg *Config) (*Engine, error) {
 	if s == nil {
-		return nil, errors.New("upgrader: New: nil store")
+		return nil, errors.New("upgrader: NewEngine: nil store")
 	}
 	if reg == nil {
-		return nil, errors.New("upgrader: New: nil registry")
+		return nil, errors.New("upgrader: NewEngine: nil registry")
 	}
 	c, err := cfg.withDefaults()
 	if err != nil {

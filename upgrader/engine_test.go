@@ -78,15 +78,15 @@ func setup(t testing.TB, fake *upgradertest.Fake, mod func(*upgrader.Config)) *b
 	if mod != nil {
 		mod(cfg)
 	}
-	eng, err := upgrader.New(st, reg, cfg)
+	eng, err := upgrader.NewEngine(st, reg, cfg)
 	require.NoError(t, err)
 	cat, err := eng.CreateCategory(ctx, store.Category{Organization: "org1", Name: "routers"})
 	require.NoError(t, err)
 	b, err := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "2.0", OSIdentifier: testOS})
 	require.NoError(t, err)
-	im, err := eng.CreateImage(ctx, store.Image{BuildID: b.ID, Type: testType}, strings.NewReader("firmware bytes"))
+	im, err := eng.UploadImage(ctx, store.Image{BuildID: b.ID, Type: testType}, strings.NewReader("firmware bytes"))
 	require.NoError(t, err)
-	other, err := eng.CreateImage(ctx, store.Image{BuildID: b.ID, Type: "other-board-squashfs-sysupgrade.bin"}, strings.NewReader("other bytes"))
+	other, err := eng.UploadImage(ctx, store.Image{BuildID: b.ID, Type: "other-board-squashfs-sysupgrade.bin"}, strings.NewReader("other bytes"))
 	require.NoError(t, err)
 	d, err := eng.RegisterDevice(ctx, store.Device{ID: "dev-1", Organization: "org1", Model: testModel, BoardName: testBoard,
 		Connection: "fake", Active: true, OSIdentifier: "TestOS 1.0"})
@@ -648,7 +648,7 @@ func TestStopInterruptsAndStartResumes(t *testing.T) {
 	assert.Equal(t, status.PhaseNone, mid.Phase, "interrupted before flashing: waiting to resume")
 	close(hold)
 
-	eng2, err := upgrader.New(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Retry: fastRetry(),
+	eng2, err := upgrader.NewEngine(b.st, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Retry: fastRetry(),
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	require.NoError(t, eng2.Start(ctx))
@@ -717,12 +717,12 @@ func TestCreateImage(t *testing.T) {
 	n := countImages()
 
 	t.Run("TooLarge", func(t *testing.T) {
-		_, err := b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Type: "x-" + testType}, bytes.NewReader(make([]byte, 1025)))
+		_, err := b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Type: "x-" + testType}, bytes.NewReader(make([]byte, 1025)))
 		assert.ErrorIs(t, err, upgrader.ErrImageTooLarge)
 		assert.Equal(t, n, countImages())
 	})
 	t.Run("UnknownType", func(t *testing.T) {
-		_, err := b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Type: "mystery-sysupgrade.bin"}, strings.NewReader("abc"))
+		_, err := b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Type: "mystery-sysupgrade.bin"}, strings.NewReader("abc"))
 		assert.ErrorIs(t, err, upgrader.ErrUnknownImageType)
 		assert.Equal(t, n, countImages())
 	})
@@ -730,7 +730,7 @@ func TestCreateImage(t *testing.T) {
 		var img bytes.Buffer
 		require.NoError(t, imagemap.AppendMetadata(&img, strings.NewReader("kernel+rootfs"),
 			&imagemap.Metadata{SupportedDevices: []string{"acme,router-x"}}))
-		im, err := b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Type: "acme-router-x-sysupgrade.bin"}, &img)
+		im, err := b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Type: "acme-router-x-sysupgrade.bin"}, &img)
 		require.NoError(t, err)
 		assert.Equal(t, []string{"acme,router-x"}, im.Boards)
 		d := b.device
@@ -742,14 +742,14 @@ func TestCreateImage(t *testing.T) {
 		assert.Equal(t, status.Success, op.State)
 	})
 	t.Run("ChecksumMismatch", func(t *testing.T) {
-		_, err := b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Type: "other-board-squashfs-sysupgrade.bin",
+		_, err := b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Type: "other-board-squashfs-sysupgrade.bin",
 			SHA256: strings.Repeat("a", 64)}, strings.NewReader("abc"))
 		var ve *store.ValidationError
 		require.ErrorAs(t, err, &ve)
 		assert.Equal(t, "SHA256", ve.Field)
 	})
 	t.Run("TypeFromFileName", func(t *testing.T) {
-		im, err := b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Name: "openwrt-23.05.3-" + testType}, strings.NewReader("abc"))
+		im, err := b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Name: "openwrt-23.05.3-" + testType}, strings.NewReader("abc"))
 		// the same type as the setup's image: the store refuses the duplicate
 		assert.ErrorIs(t, err, store.ErrConflict, "%+v", im)
 	})
@@ -793,14 +793,14 @@ func TestNewValidatesConfig(t *testing.T) {
 		{Retry: upgrader.RetryPolicy{Multiplier: 0.5}},
 		{EventBuffer: -1},
 	} {
-		_, err := upgrader.New(st, reg, cfg)
+		_, err := upgrader.NewEngine(st, reg, cfg)
 		assert.Error(t, err, "%+v", cfg)
 	}
-	_, err := upgrader.New(nil, reg, nil)
+	_, err := upgrader.NewEngine(nil, reg, nil)
 	assert.Error(t, err)
-	_, err = upgrader.New(st, nil, nil)
+	_, err = upgrader.NewEngine(st, nil, nil)
 	assert.Error(t, err)
-	_, err = upgrader.New(st, reg, nil)
+	_, err = upgrader.NewEngine(st, reg, nil)
 	assert.NoError(t, err)
 }
 

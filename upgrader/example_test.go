@@ -23,7 +23,7 @@ func Example() {
 	m, _ := imagemap.New(map[string]imagemap.Entry{
 		"acme-ap1-squashfs-sysupgrade.bin": {Boards: []string{"ACME AP1"}, BoardNames: []string{"acme,ap1"}},
 	})
-	eng, err := upgrader.New(memory.New(), reg, &upgrader.Config{
+	eng, err := upgrader.NewEngine(memory.New(), reg, &upgrader.Config{
 		ImageMap: m,
 		Logger:   slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
@@ -33,7 +33,7 @@ func Example() {
 
 	cat, _ := eng.CreateCategory(ctx, store.Category{Name: "access points"})
 	build, _ := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "1.1", OSIdentifier: "ACME OS 1.1"})
-	img, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: "acme-ap1-squashfs-sysupgrade.bin"},
+	img, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: "acme-ap1-squashfs-sysupgrade.bin"},
 		strings.NewReader("the firmware"))
 	if err != nil {
 		panic(err)

@@ -30,7 +30,7 @@ func TestCreateImageChecksContent(t *testing.T) {
 	b := setup(t, &upgradertest.Fake{}, nil)
 	ctx := context.Background()
 	create := func(typ string, content []byte) (store.Image, error) {
-		return b.eng.CreateImage(ctx, store.Image{BuildID: b.build.ID, Type: typ}, bytes.NewReader(content))
+		return b.eng.UploadImage(ctx, store.Image{BuildID: b.build.ID, Type: typ}, bytes.NewReader(content))
 	}
 	before, err := b.st.ListImages(ctx, store.ImageFilter{})
 	require.NoError(t, err)

@@ -134,7 +134,7 @@ func TestStopInterruptsVerification(t *testing.T) {
 	b := setup(t, &upgradertest.Fake{}, nil)
 	reg := upgrader.NewRegistry()
 	require.NoError(t, reg.Register("fake", &blockingVerifier{}))
-	eng, err := upgrader.New(b.st, reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, VerifyTimeout: time.Minute, Logger: quiet()})
+	eng, err := upgrader.NewEngine(b.st, reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, VerifyTimeout: time.Minute, Logger: quiet()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	op, err := eng.Create(ctx, upgrader.Request{DeviceID: b.device.ID, ImageID: b.image.ID})
@@ -186,7 +186,7 @@ func TestEndWithAfterAnotherProcessFlashed(t *testing.T) {
 	t.Parallel()
 	b := setup(t, &upgradertest.Fake{}, nil)
 	rs := &racyStore{Store: b.st}
-	eng, err := upgrader.New(rs, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
+	eng, err := upgrader.NewEngine(rs, b.reg, &upgrader.Config{ImageMap: testMap(t), Files: b.files, Logger: quiet()})
 	require.NoError(t, err)
 	ctx := context.Background()
 	op, err := eng.Create(ctx, upgrader.Request{DeviceID: b.device.ID, ImageID: b.image.ID})

@@ -111,7 +111,7 @@ func TestCancelBatchUnderLoadEndsEverythingAndFlashesNothingCancelled(t *testing
 		}
 	}
 	// A second engine on the same store.
-	eng2, err := upgrader.New(b.st, b.reg, &upgrader.Config{
+	eng2, err := upgrader.NewEngine(b.st, b.reg, &upgrader.Config{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Retry: fastRetry(), ImageMap: testMap(t), Files: b.files,
 		Workers: 4, PollInterval: 10 * time.Millisecond, MaintenanceInterval: 10 * time.Millisecond,
 		Offline: upgrader.OfflinePolicy{InitialInterval: 20 * time.Millisecond, MaxInterval: 40 * time.Millisecond,

@@ -33,7 +33,7 @@ func reviewEngine(t *testing.T, b *bundle, st store.Store, mod func(*upgrader.Co
 	if mod != nil {
 		mod(cfg)
 	}
-	eng, err := upgrader.New(st, b.reg, cfg)
+	eng, err := upgrader.NewEngine(st, b.reg, cfg)
 	require.NoError(t, err)
 	return eng
 }

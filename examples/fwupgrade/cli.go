@@ -294,12 +294,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sig <-cha
 		return early(err)
 	}
 	reg := upgrader.NewRegistry()
-	_ = reg.Register("openwrt-ssh", ow)
+	_ = reg.Register(openwrt.Connection, ow)
 	maxRetries := p.retries
 	if maxRetries == 0 {
 		maxRetries = -1 // RetryPolicy: 0 means the default, negative means none
 	}
-	eng, err := upgrader.New(memory.New(), reg, &upgrader.Config{
+	eng, err := upgrader.NewEngine(memory.New(), reg, &upgrader.Config{
 		Logger: quiet, Files: files, MaxImageSize: upgrader.NoImageSizeLimit,
 		Retry: upgrader.RetryPolicy{MaxRetries: maxRetries, InitialInterval: p.retryDelay},
 	})
@@ -310,7 +310,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer, sig <-cha
 
 	fmt.Fprintf(human, "connecting to %s to read the device's board\n", addr)
 	pctx, cancel := context.WithTimeout(ctx, openwrt.DefaultConnectTimeout+openwrt.DefaultCommandTimeout)
-	dev := store.Device{ID: p.deviceID, Connection: "openwrt-ssh", Address: addr, Active: true}
+	dev := store.Device{ID: p.deviceID, Connection: openwrt.Connection, Address: addr, Active: true}
 	info, err := ow.Probe(pctx, dev)
 	cancel()
 	if err != nil {
@@ -429,7 +429,7 @@ func createImage(ctx context.Context, eng *upgrader.Engine, p *params) (store.Im
 	if err != nil {
 		return store.Image{}, err
 	}
-	return eng.CreateImage(ctx, store.Image{BuildID: build.ID, Name: name, Type: imagemap.TypeFromFileName(name)}, f)
+	return eng.UploadImage(ctx, store.Image{BuildID: build.ID, Name: name, Type: imagemap.TypeFromFileName(name)}, f)
 }
 
 // display prints the engine's events for a person.

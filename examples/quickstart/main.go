@@ -19,8 +19,8 @@ import (
 
 	"github.com/google/uuid"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/memory"
@@ -81,10 +81,10 @@ func run(out io.Writer) error {
 		return err
 	}
 	reg := upgrader.NewRegistry()
-	if err := reg.Register("openwrt-ssh", ow); err != nil {
+	if err := reg.Register(openwrt.Connection, ow); err != nil {
 		return err
 	}
-	eng, err := upgrader.New(memory.New(), reg, &upgrader.Config{
+	eng, err := upgrader.NewEngine(memory.New(), reg, &upgrader.Config{
 		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {
@@ -101,7 +101,7 @@ func run(out io.Writer) error {
 		return err
 	}
 	simImage := openwrttest.Image{Boards: []string{boardName}, Release: newRelease, Size: imageSize}
-	img, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: imageType,
+	img, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: imageType,
 		Name: "openwrt-23.05.3-" + imageType}, simImage.Reader())
 	if err != nil {
 		return err
@@ -110,7 +110,7 @@ func run(out io.Writer) error {
 
 	// 4. The device, as the host's inventory knows it.
 	d, err := eng.RegisterDevice(ctx, store.Device{ID: deviceID, Name: "ap-lobby", Model: model, BoardName: boardName,
-		OSIdentifier: oldRelease, Connection: "openwrt-ssh", Address: dev.Addr(), Active: true})
+		OSIdentifier: oldRelease, Connection: openwrt.Connection, Address: dev.Addr(), Active: true})
 	if err != nil {
 		return err
 	}

@@ -24,8 +24,8 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres"
@@ -196,7 +196,7 @@ func childEngine(spec childSpec, log *slog.Logger, wrap func(store.Store) store.
 	if wrap != nil {
 		es = wrap(st)
 	}
-	eng, err := upgrader.New(es, reg, &upgrader.Config{
+	eng, err := upgrader.NewEngine(es, reg, &upgrader.Config{
 		Logger: log, Owner: spec.Owner, Workers: spec.Workers, Files: files,
 		LeaseDuration: spec.Lease, PollInterval: spec.Poll, MaintenanceInterval: spec.Maintenance,
 		// Every attempt a killed process (or a lease lost on a loaded

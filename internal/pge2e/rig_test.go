@@ -29,8 +29,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/crypto/ssh"
 
-	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/openwrt"
+	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres"
@@ -38,7 +38,7 @@ import (
 )
 
 const (
-	connKind   = "openwrt-ssh"
+	connKind   = openwrt.Connection
 	imageType  = "ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
 	newRelease = "OpenWrt 23.05.3 r23809-234f1a2efa"
 )
@@ -118,7 +118,7 @@ func newRig(t *testing.T, url string, o rigOpts) *rig {
 	require.NoError(t, err)
 	reg := upgrader.NewRegistry()
 	require.NoError(t, reg.Register(connKind, ow))
-	r.eng, err = upgrader.New(r.st, reg, &upgrader.Config{Files: files, Logger: slog.New(slog.DiscardHandler), Owner: "pge2e-parent"})
+	r.eng, err = upgrader.NewEngine(r.st, reg, &upgrader.Config{Files: files, Logger: slog.New(slog.DiscardHandler), Owner: "pge2e-parent"})
 	require.NoError(t, err)
 
 	cat, err := r.eng.CreateCategory(ctx, store.Category{Name: "c7"})
@@ -130,7 +130,7 @@ func newRig(t *testing.T, url string, o rigOpts) *rig {
 		size = 256 << 10
 	}
 	sim := openwrttest.Image{Boards: []string{openwrttest.DefaultBoardName}, Release: newRelease, Size: size}
-	r.image, err = r.eng.CreateImage(ctx, store.Image{BuildID: r.build.ID, Type: imageType, Name: "openwrt-23.05.3-" + imageType}, sim.Reader())
+	r.image, err = r.eng.UploadImage(ctx, store.Image{BuildID: r.build.ID, Type: imageType, Name: "openwrt-23.05.3-" + imageType}, sim.Reader())
 	require.NoError(t, err)
 	return r
 }

@@ -505,7 +505,7 @@ func benchEngine(b *testing.B, n int, open func(b *testing.B) (store.Store, func
 		require.NoError(b, err)
 		reg := upgrader.NewRegistry()
 		require.NoError(b, reg.Register("noop", benchNoop{}))
-		eng, err := upgrader.New(st, reg, &upgrader.Config{
+		eng, err := upgrader.NewEngine(st, reg, &upgrader.Config{
 			Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
 			Retry: upgrader.RetryPolicy{InitialInterval: 5 * time.Millisecond, MaxInterval: 20 * time.Millisecond,
 				RandomizationFactor: upgrader.NoRetryRandomization},
@@ -518,7 +518,7 @@ func benchEngine(b *testing.B, n int, open func(b *testing.B) (store.Store, func
 		require.NoError(b, err)
 		build, err := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "2.0", OSIdentifier: "TestOS 2.0 r1"})
 		require.NoError(b, err)
-		im, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: benchImageType}, strings.NewReader("firmware bytes"))
+		im, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: benchImageType}, strings.NewReader("firmware bytes"))
 		require.NoError(b, err)
 		devices := addDevices(store.Device{Organization: "org1", Model: benchModel, BoardName: benchBoard,
 			Connection: "noop", Active: true, OSIdentifier: "TestOS 1.0"})

@@ -5,7 +5,7 @@
 //	pool, err := pgxpool.New(ctx, os.Getenv("DATABASE_URL")) // the host's pool
 //	s, err := postgres.New(pool, postgres.WithSchema("fwupgrader"))
 //	err = s.Migrate(ctx) // or apply postgres.Migrations() with your own tool
-//	eng, err := upgrader.New(s, reg, nil)
+//	eng, err := upgrader.NewEngine(s, reg, nil)
 //
 // # Schema
 //

@@ -32,7 +32,7 @@ const maxFileKeyLen = 255
 // nothing but the database:
 //
 //	files, err := postgres.NewFiles(pool, postgres.WithSchema("fwupgrader"))
-//	eng, err := upgrader.New(s, reg, &upgrader.Config{Files: files})
+//	eng, err := upgrader.NewEngine(s, reg, &upgrader.Config{Files: files})
 //
 // An image is a header row (image_files: its size) and chunks of
 // FileChunkSize bytes (image_chunks, bytea stored uncompressed out of

@@ -337,7 +337,7 @@ func TestFilesWithEngine(t *testing.T) {
 	reg := upgrader.NewRegistry()
 	fake := &upgradertest.Fake{ReadImage: true}
 	require.NoError(t, reg.Register("fake", fake))
-	eng, err := upgrader.New(s, reg, &upgrader.Config{Files: files, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	eng, err := upgrader.NewEngine(s, reg, &upgrader.Config{Files: files, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	require.NoError(t, err)
 	ctx := t.Context()
 	cat := must(eng.CreateCategory(ctx, store.Category{Organization: "org", Name: "routers"}))
@@ -345,7 +345,7 @@ func TestFilesWithEngine(t *testing.T) {
 	// The metadata block (at the end) straddles the last two chunks.
 	img := openwrttest.Image{Boards: []string{"acme,router-x"}, Release: "OpenWrt 23.05.3 r23809-234f1a2efa", Fwtool: true,
 		Size: 2*fileChunk + 100}
-	im, err := eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: "acme-router-x-squashfs-sysupgrade.bin"}, img.Reader())
+	im, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: "acme-router-x-squashfs-sysupgrade.bin"}, img.Reader())
 	require.NoError(t, err)
 	assert.Equal(t, []string{"acme,router-x"}, im.Boards, "read from the image's metadata")
 	assert.Equal(t, img.Len(), im.Size)
@@ -368,7 +368,7 @@ func TestFilesWithEngine(t *testing.T) {
 	assert.Equal(t, im.SHA256, fmt.Sprintf("%x", h.Sum(nil)))
 
 	// A refused image leaves no file behind.
-	_, err = eng.CreateImage(ctx, store.Image{BuildID: build.ID, Type: "mystery-sysupgrade.bin"}, bytes.NewReader([]byte("abc")))
+	_, err = eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: "mystery-sysupgrade.bin"}, bytes.NewReader([]byte("abc")))
 	require.ErrorIs(t, err, upgrader.ErrUnknownImageType)
 	var n int
 	require.NoError(t, pool.QueryRow(ctx, `SELECT count(*) FROM `+pgx.Identifier{s.Schema()}.Sanitize()+`.image_files`).Scan(&n))

@@ -572,13 +572,13 @@ func TestEnginesFollowNotifications(t *testing.T) {
 	require.NoError(t, regA.Register("hold", &ntHold{}))
 	require.NoError(t, regB.Register("quick", fakeB))
 	require.NoError(t, regB.Register("hold", holdB))
-	a := must(upgrader.New(sa, regA, cfg("engine-a", filesA)))
-	b := must(upgrader.New(sb, regB, cfg("engine-b", filesB)))
+	a := must(upgrader.NewEngine(sa, regA, cfg("engine-a", filesA)))
+	b := must(upgrader.NewEngine(sb, regB, cfg("engine-b", filesB)))
 
 	ctx := t.Context()
 	cat := must(a.CreateCategory(ctx, store.Category{Organization: "org", Name: "routers"}))
 	build := must(a.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "2.0"}))
-	im := must(a.CreateImage(ctx, store.Image{BuildID: build.ID, Type: ntImageType}, strings.NewReader("firmware bytes")))
+	im := must(a.UploadImage(ctx, store.Image{BuildID: build.ID, Type: ntImageType}, strings.NewReader("firmware bytes")))
 	device := func(id, conn string) string {
 		d := must(a.RegisterDevice(ctx, store.Device{ID: id, Organization: "org", Model: "Test Board", BoardName: "test,board",
 			Connection: conn, Active: true}))
