@@ -16,5 +16,5 @@
 //     upgrader/upgradertest for people who write their own upgraders;
 //   - openwrt: the OpenWrt upgrader over SSH.
 //
-// Start with the upgrader package's example, then examples/quickstart.
+// Start with this package's Example (a whole program on the memory store) and the upgrader package's examples, then examples/quickstart.
 package fwupgrader

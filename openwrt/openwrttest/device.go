@@ -17,22 +17,48 @@ import (
 	"golang.org/x/crypto/ssh/knownhosts"
 )
 
-// Defaults applied by New to zero Config fields.
+// Defaults applied by New to the zero fields of a Config.
 const (
-	DefaultModel            = "TP-Link Archer C7 v2"
-	DefaultBoardName        = "tplink,archer-c7-v2"
-	DefaultRelease          = "OpenWrt 22.03.5 r20134-5f15225c1e"
-	DefaultTarget           = "ath79/generic"
-	DefaultArch             = "mips_24kc"
-	DefaultUser             = "root"
-	DefaultPassword         = "devicesim"
-	DefaultMemTotal         = 128 << 20
-	DefaultMemAvailable     = 64 << 20
-	DefaultServiceMemory    = 1 << 20
-	DefaultOpkgListsMemory  = 2 << 20
+	// DefaultModel is /tmp/sysinfo/model when Config.Model is "".
+	DefaultModel = "TP-Link Archer C7 v2"
+	// DefaultBoardName is /tmp/sysinfo/board_name when Config.BoardName is
+	// "", and the board of NewImage when its board is "".
+	DefaultBoardName = "tplink,archer-c7-v2"
+	// DefaultRelease is the DISTRIB_DESCRIPTION a device runs when
+	// Config.Release is "": the last 22.03 point release.
+	DefaultRelease = "OpenWrt 22.03.5 r20134-5f15225c1e"
+	// DefaultTarget is DISTRIB_TARGET when Config.Target is "", and the
+	// version.target of an image's fwtool metadata when Image.Target is "".
+	DefaultTarget = "ath79/generic"
+	// DefaultArch is DISTRIB_ARCH when Config.Arch is "".
+	DefaultArch = "mips_24kc"
+	// DefaultUser is the only user accepted when Config.User is "".
+	DefaultUser = "root"
+	// DefaultPassword is the password accepted when Config.Password is ""
+	// and Config.AuthorizedKeys is empty. It is distinctive on purpose, so
+	// that a test can check it never reaches a log.
+	DefaultPassword = "sim-Pa55w0rd"
+	// DefaultMemTotal is MemTotal, in bytes, when Config.MemTotal is 0.
+	DefaultMemTotal = 128 << 20
+	// DefaultMemAvailable is MemAvailable at boot, in bytes, when
+	// Config.MemAvailable is 0.
+	DefaultMemAvailable = 64 << 20
+	// DefaultServiceMemory is the memory, in bytes, a stopped service frees
+	// when Config.ServiceMemory is 0.
+	DefaultServiceMemory = 1 << 20
+	// DefaultOpkgListsMemory is the memory, in bytes, removing
+	// /tmp/opkg-lists frees when Config.OpkgListsMemory is 0.
+	DefaultOpkgListsMemory = 2 << 20
+	// DefaultDropCachesMemory is the memory, in bytes, dropping the caches
+	// frees when Config.DropCachesMemory is 0.
 	DefaultDropCachesMemory = 1 << 20
-	DefaultLowMemory        = 1 << 20
-	DefaultRebootDelay      = 2 * time.Second
+	// DefaultLowMemory is the MemAvailable, in bytes, reported under
+	// Faults.LowMemoryUntilServicesStopped.
+	DefaultLowMemory = 1 << 20
+	// DefaultRebootDelay is how long a device is down after a flash or a
+	// reboot when Config.RebootDelay is 0. Tests usually want less
+	// (100 ms is plenty).
+	DefaultRebootDelay = 2 * time.Second
 	// DefaultCompatVersion is the compat_version of a device whose
 	// Config.CompatVersion is "" (21.02 and later; older releases have none).
 	DefaultCompatVersion = "1.0"
@@ -80,40 +106,40 @@ var DefaultCriticalServices = []string{
 // Errors returned by the package.
 var (
 	// ErrClosed is returned by Start and the Wait methods once Close was called.
-	ErrClosed = errors.New("devicesim: device closed")
+	ErrClosed = errors.New("openwrttest: device closed")
 	// ErrStarted is returned by Start when the device was already started.
-	ErrStarted = errors.New("devicesim: device already started")
+	ErrStarted = errors.New("openwrttest: device already started")
 	// ErrInvalidConfig wraps every validation error returned by New.
-	ErrInvalidConfig = errors.New("devicesim: invalid config")
+	ErrInvalidConfig = errors.New("openwrttest: invalid config")
 )
 
-// Config describes a simulated device. The zero value is a valid TP-Link
-// Archer C7 v2 on OpenWrt 22.03.5 with user "root", password DefaultPassword.
+// Config describes a simulated device. Every field is optional: the zero
+// Config is a TP-Link Archer C7 v2 (board tplink,archer-c7-v2) on OpenWrt
+// 22.03.5 with squashfs, 128 MiB of RAM, a fresh ed25519 host key, user
+// "root" with password DefaultPassword, uploads through "cat > FILE" (no
+// SFTP, no SCP) and a 2 s reboot, on a loopback address of its own.
 //
 // The device behaves as the release it runs: its Profile is chosen from
 // Release (ProfileFor), and after a flash from the release of the image.
 // Use ReleaseDescription to get a real description for a series, e.g.
 // Config{Release: ReleaseDescription("17.01")}.
+//
+// New keeps the Config it was given (with its defaults applied); the
+// slices and maps in it must not be changed afterwards.
 type Config struct {
-	// Meter, when set, measures this device's SSH connections together
-	// with the other devices sharing it (see Meter).
-	Meter *Meter
-	// MeterGroup is the device's group for Meter.MaxBusyIn (for example
-	// its location).
-	MeterGroup string
-	// NoMD5 skips the MD5 of files written to the device (md5sum then
-	// fails on them), for benchmarks at scale: hashing every uploaded byte
-	// twice is the simulator's largest cost, not the library's.
-	NoMD5 bool
 	// Model is the content of /tmp/sysinfo/model. Defaults to DefaultModel.
 	Model string
-	// BoardName is the content of /tmp/sysinfo/board_name. Defaults to
+	// BoardName is the content of /tmp/sysinfo/board_name: the name an
+	// image's boards and fwtool metadata must list. Defaults to
 	// DefaultBoardName.
 	BoardName string
-	// UUID is what `uci get openwisp.http.uuid` prints; "" means the option
-	// does not exist ("uci: Entry not found", exit 1).
+	// UUID is what `uci get openwisp.http.uuid` prints, which the openwrt
+	// upgrader's identity check compares with the device's ID: set it to
+	// the ID the device has in the store. "" means the option does not
+	// exist ("uci: Entry not found", exit 1).
 	UUID string
-	// UCI holds more uci options, keyed "config.section.option".
+	// UCI holds more uci options, keyed "config.section.option". Defaults
+	// to none.
 	UCI map[string]string
 	// Release is DISTRIB_DESCRIPTION, e.g. "OpenWrt 22.03.5 r20134-5f15225c1e"
 	// or "LEDE Reboot 17.01.7 r4030-6028f00df0"; /etc/openwrt_release is
@@ -147,10 +173,11 @@ type Config struct {
 	// across a flash (DefaultBackupFiles plus Config.Files under /etc), adds
 	// generated files up to that number. "sysupgrade -v" lists every saved
 	// file, one a line, before flashing: 3,000 files make more than 64 KiB.
+	// Defaults to 0: no generated files.
 	BackupFiles int
 	// RequireImageMetadata makes sysupgrade refuse images without fwtool
 	// metadata, as targets that set REQUIRE_IMAGE_METADATA=1 do (17.01 and
-	// later).
+	// later). Defaults to false: such images pass with a message.
 	RequireImageMetadata bool
 	// ServiceMemory is the memory, in bytes, each stopped service frees.
 	// Defaults to DefaultServiceMemory.
@@ -168,17 +195,24 @@ type Config struct {
 	// Faults.LowMemoryUntilServicesStopped. Defaults to DefaultCriticalServices.
 	CriticalServices []string
 	// HostKey is the SSH host key. nil generates an ed25519 key in New.
+	// Device.HostKeyCallback and Device.KnownHosts give a client what it
+	// needs to verify it.
 	HostKey ssh.Signer
 	// User is the only accepted user name. Defaults to DefaultUser.
 	User string
 	// Password is accepted for User. When Password is "" and AuthorizedKeys
-	// is empty, Password defaults to DefaultPassword.
+	// is empty, Password defaults to DefaultPassword; when Password is ""
+	// and AuthorizedKeys is not, no password is accepted.
 	Password string
-	// AuthorizedKeys are the public keys accepted for User.
+	// AuthorizedKeys are the public keys accepted for User. Defaults to
+	// none.
 	AuthorizedKeys []ssh.PublicKey
 	// SFTP offers the sftp subsystem (real OpenWrt usually does not).
+	// Defaults to false.
 	SFTP bool
-	// SCP makes `scp` exist (dropbear's scp, sink side `scp -t`).
+	// SCP makes `scp` exist (dropbear's scp, sink side `scp -t`). Defaults
+	// to false. Without SFTP and SCP, files can still be written with
+	// "cat > FILE".
 	SCP bool
 	// RebootDelay is how long the device is down after a flash or a reboot.
 	// Defaults to DefaultRebootDelay.
@@ -188,8 +222,10 @@ type Config struct {
 	// -n (do not keep the configuration) resets every file outside /tmp to
 	// these, without those under /etc/openwisp/, and removes every openwisp.*
 	// uci option, UUID included: the device is back to factory settings.
+	// Defaults to none.
 	Files map[string][]byte
-	// Faults injects failures.
+	// Faults injects failures. Defaults to none; Device.SetFaults changes
+	// them later.
 	Faults Faults
 	// Addr is the first listen address. Defaults to a loopback address of
 	// the device's own (127.x.y.z:0, where the system routes all of 127/8 to
@@ -197,10 +233,27 @@ type Config struct {
 	// rebooting device frees cannot be taken by another listener meanwhile:
 	// a real device keeps its address over a reboot.
 	Addr string
+
+	// Meter, when set, measures this device's SSH connections together
+	// with the other devices sharing it (see Meter). Defaults to nil: not
+	// measured.
+	Meter *Meter
+	// MeterGroup is the device's group for Meter.MaxBusyIn (for example
+	// its location).
+	MeterGroup string
+	// NoMD5 skips the MD5 of files written to the device (md5sum then
+	// fails on them), for benchmarks at scale: hashing every uploaded byte
+	// twice is the simulator's largest cost, not the library's. Defaults
+	// to false. Releases before 17.01 have no sha256sum, so the openwrt
+	// upgrader needs md5sum there.
+	NoMD5 bool
 }
 
-// Faults injects failures into a Device. The zero value injects none.
-// Counted faults are consumed as they fire; SetFaults resets them.
+// Faults injects failures into a Device. The zero value injects none, and
+// each field's zero value turns its fault off. Counted faults
+// (RefuseConnections, CorruptUploads, DropUploadAfter) are consumed as they
+// fire; SetFaults replaces the faults and resets the counts. The package
+// documentation lists what the openwrt upgrader makes of each.
 type Faults struct {
 	// RefuseConnections closes the first N TCP connections before the SSH
 	// handshake.
@@ -326,8 +379,10 @@ type pendingBoot struct {
 	keepConfig bool
 }
 
-// New validates cfg, applies defaults and returns a device that is not
-// listening yet. It starts no goroutine.
+// New validates cfg, applies the defaults documented on Config and returns a
+// device that is not listening yet: Start makes it listen, Close stops it.
+// It starts no goroutine. An invalid cfg gives an error wrapping
+// ErrInvalidConfig.
 func New(cfg Config) (*Device, error) {
 	if cfg.Model == "" {
 		cfg.Model = DefaultModel
@@ -440,7 +495,7 @@ func (d *Device) serverConfig() *ssh.ServerConfig {
 			if meta.User() == d.cfg.User && string(pw) == d.cfg.Password {
 				return nil, nil
 			}
-			return nil, errors.New("devicesim: bad password")
+			return nil, errors.New("openwrttest: bad password")
 		}
 	}
 	if len(d.cfg.AuthorizedKeys) > 0 {
@@ -453,14 +508,16 @@ func (d *Device) serverConfig() *ssh.ServerConfig {
 					}
 				}
 			}
-			return nil, errors.New("devicesim: key not authorized")
+			return nil, errors.New("openwrttest: key not authorized")
 		}
 	}
 	c.AddHostKey(d.signer)
 	return c
 }
 
-// Start listens on Config.Addr and serves SSH in one goroutine.
+// Start listens on Config.Addr and serves SSH in one goroutine; the device
+// is up (Addr, Up) when Start returns. It returns ErrStarted the second
+// time and ErrClosed after Close. A started device must be closed.
 func (d *Device) Start() error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -477,7 +534,7 @@ func (d *Device) Start() error {
 		ln, err = net.Listen("tcp", d.cfg.Addr)
 	}
 	if err != nil {
-		return fmt.Errorf("devicesim: listen: %w", err)
+		return fmt.Errorf("openwrttest: listen: %w", err)
 	}
 	d.started = true
 	d.bootLocked()
@@ -520,7 +577,10 @@ func (d *Device) Close() error {
 	return nil
 }
 
-// Addr returns the current listen address, "host:port".
+// Addr returns the current listen address, "host:port": where a client
+// connects. It is "" before Start, and stays the same over reboots unless
+// Faults.ComeBackOnNewAddress is set, so a host should ask for it on every
+// connection (as openwrt.Config.CredentialsFunc is asked).
 func (d *Device) Addr() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -539,18 +599,26 @@ func (d *Device) Signer() ssh.Signer {
 	return d.signer
 }
 
-// KnownHosts returns a known_hosts line for the current address and host key,
-// in the "[127.0.0.1]:port" form, ending with a newline.
+// KnownHosts returns a known_hosts line for the current address and host
+// key, in the "[127.0.0.1]:port" form, ending with a newline: write it to a
+// file for a host that verifies host keys with known_hosts files
+// (openwrt.KnownHosts, knownhosts.New).
 func (d *Device) KnownHosts() []byte {
 	return []byte(knownhosts.Line([]string{knownhosts.Normalize(d.Addr())}, d.HostKey()) + "\n")
 }
 
-// HostKeyCallback returns an ssh.HostKeyCallback that accepts only this
-// device's current host key.
+// HostKeyCallback returns an ssh.HostKeyCallback that accepts only the
+// host key the device has now (HostKey), for openwrt.Credentials or an
+// ssh.ClientConfig. It keeps that key: after a flash that gave the device a
+// new one (Faults.NewHostKeysAfterReset) it refuses the device, as a real
+// client's known_hosts would; call it again to trust the new key.
 func (d *Device) HostKeyCallback() ssh.HostKeyCallback { return ssh.FixedHostKey(d.HostKey()) }
 
-// ClientConfig returns an ssh.ClientConfig that logs in with Config.User and
-// Config.Password and verifies the host key.
+// ClientConfig returns an ssh.ClientConfig for ssh.Dial("tcp", d.Addr(),
+// ...) that logs in as Config.User with Config.Password, verifies the host
+// key with HostKeyCallback and times out after 10 s. A device that accepts
+// only keys (Config.AuthorizedKeys, no Password) needs a config of the
+// host's own.
 func (d *Device) ClientConfig() *ssh.ClientConfig {
 	return &ssh.ClientConfig{
 		User:            d.cfg.User,
@@ -561,10 +629,15 @@ func (d *Device) ClientConfig() *ssh.ClientConfig {
 }
 
 // Config returns the device's configuration after defaults were applied.
-func (d *Device) Config() Config { return d.cfg }
+// Its slices and maps are the device's own: do not change them.
+func (d *Device) Config() Config {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.cfg
+}
 
-// SetFaults replaces the faults injected from now on and resets the counted
-// ones.
+// SetFaults replaces the faults injected from now on (Config.Faults at
+// first) and resets the counted ones.
 func (d *Device) SetFaults(f Faults) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -573,14 +646,17 @@ func (d *Device) SetFaults(f Faults) {
 	d.dropped = false
 }
 
-// Up reports whether the device is listening.
+// Up reports whether the device is listening: false before Start, while it
+// reboots, after a flash with Faults.NeverComeBack, and after Close.
 func (d *Device) Up() bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.up
 }
 
-// WaitUp waits until the device is listening.
+// WaitUp waits until the device is listening. Like WaitDown and
+// WaitReboots, it returns ctx.Err() when ctx ends first and ErrClosed once
+// the device is closed (WaitDown: nil, a closed device is down).
 func (d *Device) WaitUp(ctx context.Context) error {
 	return d.wait(ctx, func() bool { return d.up })
 }
@@ -591,7 +667,7 @@ func (d *Device) WaitDown(ctx context.Context) error {
 }
 
 // WaitReboots waits until the device has rebooted at least n times since
-// Start and is listening again.
+// Start (Reboots) and is listening again.
 func (d *Device) WaitReboots(ctx context.Context, n int) error {
 	return d.wait(ctx, func() bool { return d.reboots >= n && d.up })
 }
@@ -637,14 +713,17 @@ func (d *Device) Executed() [][]string {
 	return out
 }
 
-// BootID returns the current /proc/sys/kernel/random/boot_id.
+// BootID returns the current /proc/sys/kernel/random/boot_id, new at every
+// boot: what the openwrt upgrader compares to prove a reboot.
 func (d *Device) BootID() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return d.bootID
 }
 
-// Release returns the running release (DISTRIB_DESCRIPTION).
+// Release returns the running release (DISTRIB_DESCRIPTION): Config.Release
+// until a flash, then the release of the flashed image. After a successful
+// upgrade it is the Image.Release that was flashed.
 func (d *Device) Release() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -704,14 +783,19 @@ func (d *Device) sysInfoLocked() bool {
 	return board == "ar71xx" || board == "mcs814x" || board == "mpc83xx"
 }
 
-// Flashed returns how many sysupgrades reached the point of no return.
+// Flashed returns how many sysupgrades reached the point of no return:
+// len(Flashes()).
 func (d *Device) Flashed() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	return len(d.flashes)
 }
 
-// Flashes returns every sysupgrade that reached the point of no return.
+// Flashes returns every sysupgrade that reached the point of no return
+// (the image was checked and handed over to be written), in order and
+// across reboots: what a host's test asserts to prove a device was, or was
+// never, flashed. A sysupgrade --test, or one refused by its checks, by
+// ProcdRefusal or FlashError, is not a flash.
 func (d *Device) Flashes() []Flash {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -723,7 +807,8 @@ func (d *Device) Flashes() []Flash {
 	return out
 }
 
-// Reboots returns how many times the device came back up after a reboot.
+// Reboots returns how many times the device came back up after a reboot
+// (a flash or the reboot command).
 func (d *Device) Reboots() int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -943,11 +1028,11 @@ func (d *Device) comeUp() {
 func newHostKey() (ssh.Signer, error) {
 	_, priv, err := ed25519.GenerateKey(rand.Reader)
 	if err != nil {
-		return nil, fmt.Errorf("devicesim: generate host key: %w", err)
+		return nil, fmt.Errorf("openwrttest: generate host key: %w", err)
 	}
 	signer, err := ssh.NewSignerFromKey(priv)
 	if err != nil {
-		return nil, fmt.Errorf("devicesim: host key: %w", err)
+		return nil, fmt.Errorf("openwrttest: host key: %w", err)
 	}
 	return signer, nil
 }

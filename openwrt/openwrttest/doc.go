@@ -1,13 +1,166 @@
-// Package openwrttest is an in-process OpenWrt-like device that speaks real SSH.
+// Package openwrttest provides simulated OpenWrt devices that speak real
+// SSH, so that a host embedding fwupgrader can test its own embedding (its
+// CredentialsFunc, store, rollouts, UI) end to end without a router: the
+// engine, the openwrt upgrader and x/crypto/ssh run unchanged against a
+// Device in the same process. The project's own tests, examples and
+// benchmarks use it the same way.
 //
-// A Device listens on 127.0.0.1, accepts SSH connections (x/crypto/ssh server
-// side, password and public-key authentication, a fixed host key), and runs
-// the shell commands the project's OpenWrt upgrader sends through a small,
-// safe interpreter: nothing is ever executed on the host. It understands
-// single and double quotes, backslash escapes, the separators ";", "&&" and
-// "||", and the redirections ">", ">>", "<", "2>" and "2>&1". A command the
-// device does not have prints busybox ash's "ash: NAME: not found" and
-// exits 127.
+// A Device listens on a loopback address, accepts SSH connections
+// (x/crypto/ssh server side, password and public-key login, its own host
+// key, SFTP through pkg/sftp, legacy SCP, or "cat > FILE"), and runs the
+// shell commands it receives through a small, safe interpreter: nothing is
+// ever executed on the host. It behaves as the OpenWrt release it runs,
+// from 12.09 to 25.12: its sysupgrade checks an uploaded image's board and
+// fwtool metadata, flashes it, drops the connections and comes back after a
+// reboot running the image's release, with a new boot id. Faults make it
+// misbehave in the ways real devices do.
+//
+// # Lifecycle
+//
+// New(Config) validates a Config (every field optional, see Config for the
+// defaults) and returns a device that is not listening; Start makes it
+// listen; Close stops it and every goroutine it started, pending reboots
+// included (use t.Cleanup). While it runs, a client needs:
+//
+//   - Addr: where to connect, "127.x.y.z:port". Ask for it on every
+//     connection: with Faults.ComeBackOnNewAddress it changes after a reboot.
+//   - the login: Config.User ("root") with Config.Password (DefaultPassword
+//     by default), or a key of the host's own in Config.AuthorizedKeys;
+//     Config.UUID is what the openwrt upgrader's identity check reads and
+//     must be the device's ID in the store.
+//   - the host key, always verified: HostKeyCallback (for
+//     openwrt.Credentials.HostKeyCallback or an ssh.ClientConfig),
+//     KnownHosts (a known_hosts line, for openwrt.KnownHosts) or HostKey
+//     (for openwrt.PinnedKey). ClientConfig bundles the password login and
+//     the host key check for ssh.Dial.
+//
+// WaitUp, WaitDown and WaitReboots wait for the device's state changes
+// without sleeping.
+//
+// # A host's test
+//
+// The host wires the engine as in production (openwrt.New with its
+// CredentialsFunc, upgrader.NewRegistry, upgrader.NewEngine with its store;
+// short ReconnectDelay/ReconnectRetryDelay and engine Retry intervals keep
+// the test fast) and points the credentials at the device:
+//
+//	dev, err := openwrttest.New(openwrttest.Config{UUID: id, RebootDelay: 100 * time.Millisecond})
+//	require.NoError(t, err)
+//	require.NoError(t, dev.Start())
+//	t.Cleanup(func() { dev.Close() })
+//	eng := newEngine(t, func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
+//		return openwrt.Credentials{Address: dev.Addr(), User: "root",
+//			Password: openwrttest.DefaultPassword, HostKeyCallback: dev.HostKeyCallback()}, nil
+//	}) // the host's own wiring
+//	sim := openwrttest.NewImage("23.05", dev.Config().BoardName, 1<<20)
+//	cat, err := eng.CreateCategory(ctx, store.Category{Name: "routers"})
+//	require.NoError(t, err)
+//	build, err := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "23.05", OSIdentifier: sim.Release})
+//	require.NoError(t, err)
+//	img, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Name: sim.FileName()}, sim.Reader())
+//	require.NoError(t, err)
+//	_, err = eng.RegisterDevice(ctx, store.Device{ID: id, BoardName: dev.Config().BoardName,
+//		OSIdentifier: dev.Release(), Connection: openwrt.Connection, Active: true})
+//	require.NoError(t, err)
+//	op, err := eng.Upgrade(ctx, upgrader.Request{DeviceID: id, ImageID: img.ID})
+//	require.NoError(t, err)
+//	require.Equal(t, status.Success, op.State)
+//	require.Equal(t, sim.Release, dev.Release()) // the device runs the new release
+//	require.Len(t, dev.Flashes(), 1)
+//
+// The package's Example runs the same with a public-key login.
+//
+// # Releases and profiles
+//
+// Config.Release is the DISTRIB_DESCRIPTION the device starts with;
+// ReleaseDescription gives a real one for a series
+// (Config{Release: ReleaseDescription("17.01")}), Releases lists the series.
+// The release chooses the device's Profile (ProfileFor): the sysupgrade
+// options it accepts, its messages and exit statuses, how a flash ends
+// (FlashOutcome), whether it checks fwtool metadata and compat versions,
+// which busybox applets and /proc files exist. Each flash switches the
+// device to the profile of the image's release. The differences are listed
+// under Release differences below.
+//
+// # Images
+//
+// NewImage(release, board, size) is the sysupgrade image an OpenWrt build of
+// release makes for board: a header line the simulated
+// platform_check_image reads, a deterministic payload and, for 17.01 and
+// later, the fwtool metadata that release's build appends (read by
+// sysupgrade on the device, and by Engine.UploadImage for the image's
+// boards). Image.Release is the description to use as the build's OS
+// identifier, Image.FileName the file name to store it under (its type
+// follows from it), Image.Reader or Image.Open streams it, of any size,
+// without holding it in memory. Set Image's fields for unusual images:
+// compat versions and messages, other targets, hand-made or corrupt
+// metadata, a bad CRC.
+//
+// # Faults
+//
+// Config.Faults (or SetFaults, at any time) makes a device misbehave. What
+// the openwrt upgrader and the engine make of each:
+//
+//   - RefuseConnections: the first N TCP connections are closed before the
+//     SSH handshake: connection-failed, retried.
+//   - DropUploadAfter: the connection is cut once during the upload:
+//     upload-failed, retried.
+//   - CorruptUploads: the next N uploaded files differ from what was sent:
+//     upload-corrupt, retried.
+//   - LowMemoryUntilServicesStopped: MemAvailable stays low until the
+//     services are stopped: the upgrader stops them and goes on.
+//   - FlashError: sysupgrade fails for real, nothing is flashed: failed,
+//     flash-failed.
+//   - ProcdRefusal: procd refuses the image (18.06 on), nothing is flashed:
+//     failed, flash-failed.
+//   - FlashHang: the flash session stays silent for a while: the upgrader's
+//     UpgradeTimeout closes it and it reconnects as usual.
+//   - FlashFalseError (and FalseErrorProvisioning): a release before 22.03
+//     ends its flash with the exit 246 of 22.03 and later: success.
+//   - NeverComeBack: flashed, never up again: failed,
+//     unreachable-after-flash. Never success.
+//   - OldFirmwareAfterReboot: reboots on the old release: failed,
+//     old-firmware-after-reboot.
+//   - NoReboot: drops the sessions but never reboots: failed,
+//     old-firmware-after-reboot.
+//   - SilentReboot: the address does not answer (no RST) while the device
+//     reboots, as on a real network: success.
+//   - ComeBackOnNewAddress: a new port after each reboot: success when
+//     CredentialsFunc returns the new Addr.
+//   - NewHostKeysAfterReset: a new host key after a flash with -n: the
+//     device is reached only if CredentialsFunc trusts its new HostKey.
+//
+// "Retried" follows the engine's Config.Retry (a minute between attempts by
+// default: shorten it in tests). A failed or aborted operation before the
+// point of no return leaves Flashes empty.
+//
+// # What is recorded
+//
+// A test asserts on the device's side of the story:
+//
+//   - Commands: every exec command line received, in order and across
+//     reboots, plus "subsystem:NAME" and "sftp:OP PATH" entries.
+//   - Executed: the argument vector of every simple command the
+//     interpreter ran (quoting resolved: a quoted "x;reboot" stays one
+//     argument), to check exactly what ran.
+//   - Flashes (and Flashed, their number): every sysupgrade that reached
+//     the point of no return, with its options, path, image SHA-256 and
+//     release. Empty means the device was never flashed.
+//   - Release, Profile, BootID and Reboots: what runs now and how often the
+//     device came back.
+//   - File and Files: the files on the device (uploads keep their size and
+//     digests, and their content when small); UCI, Services and
+//     MemAvailable: its configuration and state.
+//   - A Meter shared by many devices (Config.Meter) measures a fleet from
+//     the devices' side: how many were busy at once, in all and per group,
+//     and how fast they started, for tests of rollout limits.
+//
+// # The shell
+//
+// The interpreter understands single and double quotes, backslash escapes,
+// the separators ";", "&&" and "||", and the redirections ">", ">>", "<",
+// "2>" and "2>&1". A command the device does not have prints busybox ash's
+// "ash: NAME: not found" and exits 127.
 //
 // Files live in an in-memory store. Uploads (SFTP through pkg/sftp's request
 // server, the sink side of legacy SCP, or "cat > FILE") are streamed: only the
@@ -18,12 +171,9 @@
 // fit fails with "No space left on device". Stopping services, removing
 // /tmp/opkg-lists and dropping caches free memory.
 //
-// # Releases
+// # Release differences
 //
-// A device behaves as the OpenWrt release it runs: Config.Release (a
-// DISTRIB_DESCRIPTION; ReleaseDescription gives a real one per series)
-// chooses its Profile, and each flash switches to the profile of the image's
-// release. The facts were read from each release tag's sources (base-files
+// The facts were read from each release tag's sources (base-files
 // sbin/sysupgrade and lib/upgrade/*.sh, busybox Config-defaults.in, procd
 // system.c, the ubus CLI, include/image-commands.mk):
 //
@@ -106,10 +256,9 @@
 // "sysupgrade PATH" checks the image, prints what OpenWrt prints, records a
 // Flash, drops every SSH connection, closes the listener and comes back
 // after Config.RebootDelay with a new boot id and the image's release (from
-// its FWSIM header, else its fwtool metadata). Faults (refused or silent
-// connections, dropped or corrupted uploads, devices that never come back or
-// come back on the old firmware, procd refusing the image, new host keys
-// after -n, ...) are set in Config.Faults.
+// its FWSIM header, else its fwtool metadata). With -n it comes back with
+// factory settings (Config.Files and Config.UCI without openwisp's, see
+// Config.Files).
 //
 // A Device costs one goroutine while it is up and idle; Close stops every
 // goroutine it started, including pending reboots.

@@ -7,11 +7,20 @@ import (
 	"encoding/json"
 	"io"
 	"math/rand/v2"
+	"strings"
 
 	"github.com/fwupgrader/fwupgrader/imagemap"
 )
 
-// Image is a simulated firmware image. Its bytes are a header line,
+// Image is a simulated firmware image: a sysupgrade file for one release
+// and its boards, which a Device checks and flashes as OpenWrt does. Build
+// one with NewImage (the release's own fwtool metadata included), then
+// change fields for the unusual cases (compat versions, corrupt or missing
+// metadata). Images are values: nothing is held in memory, the bytes are
+// generated again by every Reader, identical each time, so an image of any
+// size costs nothing until it is read.
+//
+// Its bytes are a header line,
 //
 //	FWSIM1 {"boards":["tplink,archer-c7-v2"],"release":"OpenWrt 23.05.3 r23809-234f1a2efa"}\n
 //
@@ -26,19 +35,24 @@ import (
 // (never its model). The metadata is what sysupgrade's fwtool check reads
 // from the uploaded file, never from its name: its supported_devices (or
 // new_supported_devices) and compat_version decide, on releases that check
-// them, whether the device takes the image.
+// them, whether the device takes the image. The upgrader package's
+// Engine.UploadImage reads the same metadata for the image's Boards.
 type Image struct {
 	// Boards are the supported board names (/tmp/sysinfo/board_name).
 	Boards []string
-	// Release is the DISTRIB_DESCRIPTION the device runs after the flash.
+	// Release is the DISTRIB_DESCRIPTION the device runs after the flash,
+	// e.g. "OpenWrt 23.05.3 r23809-234f1a2efa". It also chooses the format
+	// of the fwtool metadata and the file name.
 	Release string
 	// Size is the total size in bytes. An image is never shorter than its
-	// header line and metadata block.
+	// header line and metadata block (less than 1 KiB): 0 makes the
+	// smallest image.
 	Size int64
 
 	// Fwtool appends fwtool metadata as the build of Release writes it (see
 	// Image.FwtoolMetadata): supported_devices are Boards, version is read
-	// from Release and Target.
+	// from Release and Target. NewImage sets it for 17.01 and later, whose
+	// builds append metadata; false (the zero value) appends none.
 	Fwtool bool
 	// CompatVersion is the metadata's compat_version; "" is "1.0". A value
 	// other than "1.0" implies Fwtool and, as OpenWrt does, moves Boards to
@@ -59,10 +73,84 @@ type Image struct {
 	BadCRC bool
 }
 
+// NewImage returns the sysupgrade image an OpenWrt build of release makes
+// for board, size bytes long: the way for a host's test to get an image a
+// Device takes. The result is a plain Image; set its fields for anything
+// else (Target, CompatVersion, more Boards, ...).
+//
+// release is a series ("23.05", for its last point release, see
+// ReleaseDescription), a version ("23.05.3") or a whole DISTRIB_DESCRIPTION
+// ("OpenWrt 23.05.3 r23809-234f1a2efa", kept as it is); Image.Release holds
+// the description, which is what a flashed device then reports and what a
+// build's OS identifier should be. "" is DefaultRelease. board "" is
+// DefaultBoardName. size 0 (or less than the header and metadata) makes
+// the smallest image.
+//
+// Images of 17.01 and later carry the fwtool metadata their build appends
+// (supported_devices [board] and version; metadata_version from 19.07;
+// compat_version "1.0" from 21.02), which sysupgrade and the upgrader
+// package read; older ones carry none, as those builds appended none.
+func NewImage(release, board string, size int64) Image {
+	if board == "" {
+		board = DefaultBoardName
+	}
+	rel := imageRelease(release)
+	return Image{
+		Boards:  []string{board},
+		Release: rel,
+		Size:    max(size, 0),
+		Fwtool:  ProfileFor(rel).Fwtool,
+	}
+}
+
+// imageRelease turns a series or a version into a DISTRIB_DESCRIPTION; a
+// description is returned as it is.
+func imageRelease(release string) string {
+	release = strings.TrimSpace(release)
+	if release == "" {
+		return DefaultRelease
+	}
+	r := parseRelease(release)
+	if r.Dist != "" {
+		return release // a description already
+	}
+	p := ProfileFor(release)
+	if r.Version == p.Release || r.Version == parseRelease(p.Description).Version {
+		return p.Description
+	}
+	return releaseFromParts(parseRelease(p.Description).Dist, r.Version, r.Revision)
+}
+
+// FileName returns the file name the build of the image's release gives
+// it, in the form of 17.01 and later builds:
+// "openwrt-23.05.3-ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
+// ("lede-" for LEDE releases; no version part for snapshots). As a
+// store.Image's Name, it gives the upgrader package the image's type
+// (imagemap.TypeFromFileName): the part after the version.
+func (im Image) FileName() string {
+	r := parseRelease(im.Release)
+	parts := []string{"openwrt"}
+	if r.Dist != "" {
+		parts[0] = strings.ToLower(r.Dist)
+	}
+	if r.Version != "" && r.Version != "SNAPSHOT" {
+		parts = append(parts, r.Version)
+	}
+	target := im.Target
+	if target == "" {
+		target = DefaultTarget
+	}
+	parts = append(parts, strings.ReplaceAll(target, "/", "-"))
+	if len(im.Boards) > 0 {
+		parts = append(parts, strings.ReplaceAll(im.Boards[0], ",", "_"))
+	}
+	return strings.Join(append(parts, "squashfs", "sysupgrade.bin"), "-")
+}
+
 // Header returns the first line of the image, newline included.
 func (im Image) Header() []byte {
 	js, _ := json.Marshal(imageHeader{Boards: im.Boards, Release: im.Release})
-	return append(append([]byte(ImageMagic), js...), '\n')
+	return append(append([]byte(imageMagic), js...), '\n')
 }
 
 // hasMetadata reports whether the image ends with an fwtool metadata block.

@@ -212,3 +212,62 @@ func TestTailWriter(t *testing.T) {
 	require.Equal(t, data[:100], w.tail, "a short file is all tail")
 	require.Zero(t, w.crc)
 }
+
+// TestNewImage checks how NewImage reads its release and names its file,
+// and that every series' device takes the image of its own series, with
+// the metadata required where the release can require it.
+func TestNewImage(t *testing.T) {
+	t.Parallel()
+	const typ = "ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
+	for _, tc := range []struct {
+		in, release, file string
+		fwtool            bool
+	}{
+		{"23.05", "OpenWrt 23.05.6 r24232-539228933c", "openwrt-23.05.6-" + typ, true},
+		{"23.05.3", "OpenWrt 23.05.3", "openwrt-23.05.3-" + typ, true},
+		{" OpenWrt 23.05.3 r23809-234f1a2efa", "OpenWrt 23.05.3 r23809-234f1a2efa", "openwrt-23.05.3-" + typ, true},
+		{"23.05.3 r23809-234f1a2efa", "OpenWrt 23.05.3 r23809-234f1a2efa", "openwrt-23.05.3-" + typ, true},
+		{"17.01", "LEDE Reboot 17.01.7 r4030-6028f00df0", "lede-17.01.7-" + typ, true},
+		{"17.01.4", "LEDE Reboot 17.01.4", "lede-17.01.4-" + typ, true},
+		{"15.05", "OpenWrt Chaos Calmer 15.05.1", "openwrt-15.05.1-" + typ, false},
+		{"", DefaultRelease, "openwrt-22.03.5-" + typ, true},
+		{"OpenWrt SNAPSHOT r28000-0123456789", "OpenWrt SNAPSHOT r28000-0123456789", "openwrt-" + typ, true},
+	} {
+		im := NewImage(tc.in, "", -1)
+		assert.Equal(t, tc.release, im.Release, tc.in)
+		assert.Equal(t, tc.file, im.FileName(), tc.in)
+		assert.Equal(t, typ, imagemap.TypeFromFileName(im.FileName()), tc.in)
+		assert.Equal(t, []string{DefaultBoardName}, im.Boards, tc.in)
+		assert.Equal(t, tc.fwtool, im.FwtoolMetadata() != nil, tc.in)
+		assert.Less(t, im.Len(), int64(1<<10), "size 0 is the smallest image")
+	}
+
+	for _, rel := range Releases() {
+		t.Run(rel, func(t *testing.T) {
+			t.Parallel()
+			im := NewImage(rel, "glinet,gl-ar150", 64<<10)
+			require.Equal(t, int64(64<<10), im.Len())
+			b := im.Bytes()
+			require.Len(t, b, 64<<10)
+			p := ProfileFor(rel)
+			md, err := imagemap.ReadMetadata(bytes.NewReader(b), int64(len(b)))
+			if p.Fwtool {
+				require.NoError(t, err)
+				require.Equal(t, []string{"glinet,gl-ar150"}, md.Boards())
+				require.Equal(t, parseRelease(p.Description).Version, md.Version.Version)
+			} else {
+				require.ErrorIs(t, err, imagemap.ErrNoMetadata, "builds before 17.01 append none")
+			}
+			if !p.Test() {
+				return // 12.09: no sysupgrade --test
+			}
+			d := setup(t, Config{Release: ReleaseDescription(rel), BoardName: "glinet,gl-ar150", RequireImageMetadata: p.Fwtool})
+			c := uploadImage(t, d, im, "/tmp/fw.bin")
+			r := run(t, c, "sysupgrade -T /tmp/fw.bin", nil)
+			require.Equal(t, 0, r.status, "%s%s", r.stdout, r.stderr)
+			other := NewImage(rel, DefaultBoardName, 64<<10)
+			require.NoError(t, catUpload(c, "/tmp/other.bin", other.Reader()))
+			require.NotEqual(t, 0, run(t, c, "sysupgrade -T /tmp/other.bin", nil).status, "another board's image")
+		})
+	}
+}

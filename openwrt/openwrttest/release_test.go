@@ -1,7 +1,6 @@
 package openwrttest
 
 import (
-	"fmt"
 	"regexp"
 	"slices"
 	"strings"
@@ -438,29 +437,4 @@ func TestOldReleaseProbe(t *testing.T) {
 		require.Contains(t, sh(t, d, "cat /etc/openwrt_release"), "DISTRIB_DESCRIPTION=\"OpenWrt Barrier Breaker 14.07\"\n")
 		require.Equal(t, 1, run(t, dial(t, d), "sysupgrade --help", nil).status, "14.07: --help exits 1")
 	})
-}
-
-// Example shows a 17.01 device and a compat 1.1 image: 17.01 knows no
-// compat_version and sees the message OpenWrt puts in supported_devices.
-func Example() {
-	d, _ := New(Config{Release: ReleaseDescription("17.01")})
-	_ = d.Start()
-	defer d.Close()
-	img := Image{Boards: []string{DefaultBoardName}, Release: "OpenWrt 23.05.3 r23809-234f1a2efa",
-		Size: 1 << 20, CompatVersion: "1.1", CompatMessage: "Config cannot be migrated from swconfig to DSA"}
-	c, _ := ssh.Dial("tcp", d.Addr(), d.ClientConfig())
-	defer c.Close()
-	s, _ := c.NewSession()
-	s.Stdin = img.Reader()
-	_ = s.Run("cat > /tmp/fw.bin")
-	s, _ = c.NewSession()
-	out, err := s.CombinedOutput("sysupgrade -T /tmp/fw.bin")
-	fmt.Printf("%s%v\n", out, err)
-	fmt.Println(img.FwtoolMetadata().NewSupportedDevices)
-	// Output:
-	// Device tplink,archer-c7-v2 not supported by this image
-	// Supported devices: tplink,archer-c7-v2 - Image version mismatch: image 1.1, device 1.0. Please wipe config during upgrade (force required) or reinstall. Reason: Config cannot be migrated from swconfig to DSA
-	// Image check 'fwtool_check_image' failed.
-	// Process exited with status 1
-	// [tplink,archer-c7-v2]
 }

@@ -35,7 +35,7 @@ func listenSilent(addr string) (*silentListener, error) {
 	}
 	fd, err := syscall.Socket(family, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return nil, fmt.Errorf("devicesim: silent socket: %w", err)
+		return nil, fmt.Errorf("openwrttest: silent socket: %w", err)
 	}
 	if err := syscall.SetsockoptInt(fd, syscall.SOL_SOCKET, syscall.SO_REUSEADDR, 1); err != nil {
 		syscall.Close(fd)
@@ -43,7 +43,7 @@ func listenSilent(addr string) (*silentListener, error) {
 	}
 	if err := syscall.Bind(fd, sa); err != nil {
 		syscall.Close(fd)
-		return nil, fmt.Errorf("devicesim: silent bind: %w", err)
+		return nil, fmt.Errorf("openwrttest: silent bind: %w", err)
 	}
 	if err := syscall.Listen(fd, 0); err != nil {
 		syscall.Close(fd)

@@ -126,7 +126,7 @@ func (u *upgrade) run() int {
 		}
 		return 0
 	case u.backup != "" || u.restore != "":
-		u.e.fprintf(u.s.err, "devicesim: sysupgrade -b and -r are not simulated\n")
+		u.e.fprintf(u.s.err, "openwrttest: sysupgrade -b and -r are not simulated\n")
 		return 1
 	}
 	return u.upgradeImage(image)
@@ -651,8 +651,9 @@ type imageHeader struct {
 	Release string   `json:"release"`
 }
 
-// ImageMagic starts the first line of every simulated image.
-const ImageMagic = "FWSIM1 "
+// imageMagic starts the first line of every simulated image (the header
+// line Image.Header returns).
+const imageMagic = "FWSIM1 "
 
 func parseImageHeader(head []byte) (imageHeader, error) {
 	var h imageHeader
@@ -660,7 +661,7 @@ func parseImageHeader(head []byte) (imageHeader, error) {
 	if !ok {
 		return h, fmt.Errorf("no header line")
 	}
-	js, ok := bytes.CutPrefix(line, []byte(ImageMagic))
+	js, ok := bytes.CutPrefix(line, []byte(imageMagic))
 	if !ok {
 		return h, fmt.Errorf("bad magic")
 	}
