@@ -88,17 +88,37 @@ func scanBatch(r pgx.Row) (store.Batch, error) {
 }
 
 // lockBatch locks batch id's row FOR NO KEY UPDATE until the transaction
-// ends, then reads it: the read comes after the lock, so it sees the last
-// committed tallies.
+// ends, then reads it, in one round trip: the read runs after the lock is
+// granted, so it sees the last committed tallies.
 func (s *Store) lockBatch(ctx context.Context, tx pgx.Tx, id string) (store.Batch, error) {
-	if _, err := s.lockBatches(ctx, tx, []string{id}); err != nil {
+	var (
+		b      store.Batch
+		locked bool
+	)
+	pb := &pgx.Batch{}
+	pb.Queue(s.sql(`SELECT true FROM {{schema}}.batches WHERE id = $1 FOR NO KEY UPDATE`), id).Query(
+		func(rows pgx.Rows) error {
+			for rows.Next() {
+				locked = true
+			}
+			return rows.Err()
+		})
+	pb.Queue(s.sql(batchSelect+` WHERE b.id = $1`), id).Query(func(rows pgx.Rows) error {
+		for rows.Next() {
+			var err error
+			if b, err = scanBatch(rows); err != nil {
+				return err
+			}
+		}
+		return rows.Err()
+	})
+	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
 		return store.Batch{}, err
 	}
-	b, err := scanBatch(tx.QueryRow(ctx, s.sql(batchSelect+` WHERE b.id = $1`), id))
-	if errors.Is(err, pgx.ErrNoRows) {
-		return b, notFound("batch", id)
+	if !locked {
+		return store.Batch{}, notFound("batch", id)
 	}
-	return b, err
+	return b, nil
 }
 
 // lockBatches locks the rows of the batches ids that exist, in ID order (the
@@ -178,10 +198,10 @@ func cloneRollout(r store.Rollout) store.Rollout {
 // writeBatch writes what the store keeps of b (state, wave, pause, cancel,
 // rollout, updated_at), and the tallies of the given waves. The caller holds
 // b's row locked.
-func (s *Store) writeBatch(ctx context.Context, tx pgx.Tx, b store.Batch, waves ...int) error {
+func (s *Store) writeBatch(ctx context.Context, q execer, b store.Batch, waves ...int) error {
 	args := append([]any{b.ID, string(b.State), string(b.PauseReason), int32(b.Wave), ts(b.WaveSettledAt),
 		b.CancelRequested, ts(b.UpdatedAt)}, rolloutValues(b.Rollout)...)
-	if _, err := tx.Exec(ctx, s.sql(`UPDATE {{schema}}.batches SET state = $2, pause_reason = $3, wave = $4,
+	if _, err := q.Exec(ctx, s.sql(`UPDATE {{schema}}.batches SET state = $2, pause_reason = $3, wave = $4,
 		wave_settled_at = $5, cancel_requested = $6, updated_at = $7,
 		max_concurrent = $8, start_rate_count = $9, start_rate_per_ns = $10, wave_counts = $11, wave_percents = $12,
 		wave_wait_ns = $13, failure_threshold = $14, min_finished = $15, success_threshold = $16, group_limit = $17,
@@ -189,11 +209,11 @@ func (s *Store) writeBatch(ctx context.Context, tx pgx.Tx, b store.Batch, waves 
 		WHERE id = $1`), args...); err != nil {
 		return err
 	}
-	return s.writeWaves(ctx, tx, b, false, waves...)
+	return s.writeWaves(ctx, q, b, false, waves...)
 }
 
 // writeWaves writes (or inserts) the tallies of b's given waves.
-func (s *Store) writeWaves(ctx context.Context, tx pgx.Tx, b store.Batch, insert bool, waves ...int) error {
+func (s *Store) writeWaves(ctx context.Context, q execer, b store.Batch, insert bool, waves ...int) error {
 	slices.Sort(waves)
 	waves = slices.Compact(waves)
 	if len(waves) == 0 {
@@ -212,14 +232,14 @@ func (s *Store) writeWaves(ctx context.Context, tx pgx.Tx, b store.Batch, insert
 			counts[i][j] = int32(t.Counts[st])
 		}
 	}
-	q := `UPDATE {{schema}}.batch_waves bw SET size = u.size, pending = u.pending, in_progress = u.in_progress,
+	stmt := `UPDATE {{schema}}.batch_waves bw SET size = u.size, pending = u.pending, in_progress = u.in_progress,
 		success = u.success, failed = u.failed, aborted = u.aborted, cancelled = u.cancelled, waiting = u.waiting
 		FROM unnest($2::integer[], $3::integer[], $4::integer[], $5::integer[], $6::integer[], $7::integer[],
 			$8::integer[], $9::integer[], $10::integer[])
 			AS u(wave, size, pending, in_progress, success, failed, aborted, cancelled, waiting)
 		WHERE bw.batch_id = $1 AND bw.wave = u.wave`
 	if insert {
-		q = `INSERT INTO {{schema}}.batch_waves (batch_id, wave, size, pending, in_progress, success, failed, aborted,
+		stmt = `INSERT INTO {{schema}}.batch_waves (batch_id, wave, size, pending, in_progress, success, failed, aborted,
 			cancelled, waiting)
 		SELECT $1, u.* FROM unnest($2::integer[], $3::integer[], $4::integer[], $5::integer[], $6::integer[],
 			$7::integer[], $8::integer[], $9::integer[], $10::integer[])
@@ -230,7 +250,7 @@ func (s *Store) writeWaves(ctx context.Context, tx pgx.Tx, b store.Batch, insert
 		args = append(args, c)
 	}
 	args = append(args, waiting)
-	_, err := tx.Exec(ctx, s.sql(q), args...)
+	_, err := q.Exec(ctx, s.sql(stmt), args...)
 	return err
 }
 
@@ -291,24 +311,19 @@ func (s *Store) CreateBatch(ctx context.Context, b store.Batch, ops []store.Oper
 		if b.State == "" {
 			b.State = status.BatchIdle
 		}
-		t, err := now(ctx, tx)
-		if err != nil {
-			return err
-		}
-		t = norm(t)
 		b.Options = slices.Clone(b.Options)
 		b.Rollout = cloneRollout(b.Rollout)
-		b.CreatedAt, b.UpdatedAt = t, t
 		sizes := store.WaveSizes(b.Rollout.Waves, len(ops))
 		b.Counts = status.Counts{status.Pending: len(ops)}
 		b.WaveTallies = make([]store.WaveTally, len(sizes))
 		for i, n := range sizes {
 			b.WaveTallies[i] = store.WaveTally{Size: n, Counts: status.Counts{status.Pending: n}}
 		}
-		prepared, err := s.prepareOps(ctx, tx, ops, &b, t)
+		prepared, t, err := s.prepareOps(ctx, tx, ops, &b)
 		if err != nil {
 			return err
 		}
+		b.CreatedAt, b.UpdatedAt = t, t
 		wave, left := 0, sizes[0]
 		for i := range prepared {
 			if left == 0 {

@@ -24,10 +24,11 @@ import (
 //   - per batch: its operations in progress before flashing, and its pending
 //     operations of each wave.
 //
-// A claim first finds the batches that may start something (in progress,
-// paused or idle with operations in progress; not cancelled), locks their
-// rows FOR NO KEY UPDATE in ID order and reads them, then counts what each
-// uses of its rollout: leases live now, per group too, and for the start
+// A claim first locks the rows of the batches that may start something (in
+// progress, paused or idle with operations in progress; not cancelled) FOR
+// NO KEY UPDATE in ID order and reads them, in one round trip, then counts
+// what each capped batch uses of its rollout: leases live now (up to
+// MaxConcurrent), per group with a group limit, and for the start
 // rate its starts in flight (operations.start_in_flight under a live lease)
 // plus the contacts of the last period (batch_starts), counted in one
 // statement so that a start moving from one to the other is counted once.
@@ -204,35 +205,10 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	var out []store.Operation
 	err := s.tx(ctx, func(tx pgx.Tx) error {
 		out = []store.Operation{}
-		// Batches that may have something to claim, read without a lock;
-		// what they hold is checked again once they are locked.
-		rows, err := tx.Query(ctx, s.sql(`SELECT b.id FROM {{schema}}.batches b
-			WHERE b.state IN ('idle', 'in-progress', 'paused') AND NOT b.cancel_requested
-			AND EXISTS (SELECT 1 FROM {{schema}}.batch_waves w WHERE w.batch_id = b.id
-				AND (w.in_progress > 0 OR (b.state = 'in-progress' AND w.wave <= b.wave AND w.pending > 0)))
-			ORDER BY b.id`))
+		locked, bs, t, err := s.lockLiveBatches(ctx, tx)
 		if err != nil {
 			return err
 		}
-		ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
-		if err != nil {
-			return err
-		}
-		var locked []string
-		if len(ids) > 0 {
-			if locked, err = s.lockBatches(ctx, tx, ids); err != nil {
-				return err
-			}
-		}
-		bs, err := s.loadBatches(ctx, tx, locked)
-		if err != nil {
-			return err
-		}
-		t, err := now(ctx, tx)
-		if err != nil {
-			return err
-		}
-		t = norm(t)
 		uses, err := s.batchUses(ctx, tx, bs, t)
 		if err != nil {
 			return err
@@ -310,6 +286,53 @@ func (s *Store) ClaimOperations(ctx context.Context, owner string, limit int, le
 	return out, nil
 }
 
+// liveBatches selects the batches that may have something to claim: in
+// progress, paused or idle with operations in progress, not cancelled.
+const liveBatches = `FROM {{schema}}.batches b
+	WHERE b.state IN ('idle', 'in-progress', 'paused') AND NOT b.cancel_requested
+	AND EXISTS (SELECT 1 FROM {{schema}}.batch_waves w WHERE w.batch_id = b.id
+		AND (w.in_progress > 0 OR (b.state = 'in-progress' AND w.wave <= b.wave AND w.pending > 0)))`
+
+// lockLiveBatches locks the rows of the live batches (liveBatches) in ID
+// order, then reads the database's clock and the batches, in one round trip
+// (the reads run once the locks are granted). It returns the locked IDs in
+// order, the batches among them still live, and the time, normalised.
+func (s *Store) lockLiveBatches(ctx context.Context, tx pgx.Tx) ([]string, map[string]*store.Batch, time.Time, error) {
+	var (
+		locked []string
+		t      time.Time
+	)
+	bs := map[string]*store.Batch{}
+	pb := &pgx.Batch{}
+	pb.Queue(s.sql(`SELECT b.id ` + liveBatches + ` ORDER BY b.id FOR NO KEY UPDATE OF b`)).Query(func(rows pgx.Rows) error {
+		var err error
+		locked, err = pgx.CollectRows(rows, pgx.RowTo[string])
+		return err
+	})
+	pb.Queue(nowSQL).QueryRow(func(r pgx.Row) error { return r.Scan(&t) })
+	// A batch that turned live after the lock above is read but not
+	// locked: it is left out below, for the next claim.
+	pb.Queue(s.sql(batchSelect + ` WHERE b.id IN (SELECT b.id ` + liveBatches + `)`)).Query(func(rows pgx.Rows) error {
+		_, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (struct{}, error) {
+			b, err := scanBatch(r)
+			if err == nil {
+				bs[b.ID] = &b
+			}
+			return struct{}{}, err
+		})
+		return err
+	})
+	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
+		return nil, nil, time.Time{}, err
+	}
+	for id := range bs {
+		if _, ok := slices.BinarySearch(locked, id); !ok {
+			delete(bs, id)
+		}
+	}
+	return locked, bs, norm(t.UTC()), nil
+}
+
 // batchLanes returns the lanes of u's batch ClaimAllowed can let anything
 // through at t, each asked for what the batch can still start.
 func batchLanes(u *batchUse, limit int, t time.Time) []*lane {
@@ -341,9 +364,11 @@ func batchLanes(u *batchUse, limit int, t time.Time) []*lane {
 	return lanes
 }
 
-// batchUses counts, for every batch of bs (locked), the leases live at t,
-// per group too, and for its start rate the starts in flight plus the
-// contacts within the period, in one round trip.
+// batchUses counts, for every batch of bs (locked), what ClaimAllowed reads
+// of it, in one round trip: with a group limit the leases live at t per
+// group; else with MaxConcurrent those leases up to the cap; with a start
+// rate the starts in flight plus the contacts within the period. A batch
+// without caps costs nothing here.
 func (s *Store) batchUses(ctx context.Context, tx pgx.Tx, bs map[string]*store.Batch, t time.Time) (map[string]*batchUse, error) {
 	uses := make(map[string]*batchUse, len(bs))
 	if len(bs) == 0 {
@@ -366,12 +391,14 @@ func (s *Store) batchUses(ctx context.Context, tx pgx.Tx, bs map[string]*store.B
 				})
 				return err
 			})
-		} else {
-			pb.Queue(s.sql(`SELECT count(*) FROM {{schema}}.operations o
-				WHERE o.batch_id = $1 AND o.lease_expires_at > $2`), id, t).QueryRow(func(r pgx.Row) error {
+		} else if b.Rollout.MaxConcurrent > 0 {
+			// Counted up to the cap: more changes nothing.
+			pb.Queue(s.sql(`SELECT count(*) FROM (SELECT FROM {{schema}}.operations o
+				WHERE o.batch_id = $1 AND o.lease_expires_at > $2 LIMIT $3) l`), id, t,
+				b.Rollout.MaxConcurrent).QueryRow(func(r pgx.Row) error {
 				return r.Scan(&u.running)
 			})
-		}
+		} // else nothing reads the count: ClaimAllowed checks no cap
 		if b.Rollout.StartRate.Count > 0 {
 			// One statement, one snapshot: a start moving from in flight
 			// to contacted is counted once.
@@ -383,6 +410,9 @@ func (s *Store) batchUses(ctx context.Context, tx pgx.Tx, bs map[string]*store.B
 				return r.Scan(&u.recent)
 			})
 		}
+	}
+	if pb.Len() == 0 {
+		return uses, nil
 	}
 	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
 		return nil, err
@@ -426,7 +456,7 @@ func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time
 	}
 	var out store.Operation
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		op, err := s.lockOp(ctx, tx, id)
+		op, t, err := s.lockOpNow(ctx, tx, id)
 		if err != nil {
 			return err
 		}
@@ -434,10 +464,6 @@ func (s *Store) ClaimOperation(ctx context.Context, id, owner string, lease time
 			if _, err := s.lockBatches(ctx, tx, []string{op.BatchID}); err != nil {
 				return err
 			}
-		}
-		t, err := now(ctx, tx)
-		if err != nil {
-			return err
 		}
 		t = norm(t)
 		if err := store.CheckClaimOne(op, t); err != nil {
@@ -475,20 +501,21 @@ func (s *Store) RenewLeases(ctx context.Context, owner string, lease time.Durati
 		ids[i] = l.OperationID
 	}
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		rows, err := tx.Query(ctx, s.sql(`SELECT `+opCols+` FROM {{schema}}.operations o WHERE o.id = ANY($1)
-			ORDER BY o.id FOR NO KEY UPDATE`), ids)
-		if err != nil {
+		var (
+			ops []store.Operation
+			t   time.Time
+		)
+		pb := &pgx.Batch{}
+		pb.Queue(s.sql(`SELECT `+opCols+` FROM {{schema}}.operations o WHERE o.id = ANY($1)
+			ORDER BY o.id FOR NO KEY UPDATE`), ids).Query(func(rows pgx.Rows) (err error) {
+			ops, err = collectOps(rows)
+			return err
+		})
+		pb.Queue(nowSQL).QueryRow(func(r pgx.Row) error { return r.Scan(&t) })
+		if err := tx.SendBatch(ctx, pb).Close(); err != nil {
 			return err
 		}
-		ops, err := collectOps(rows)
-		if err != nil {
-			return err
-		}
-		t, err := now(ctx, tx)
-		if err != nil {
-			return err
-		}
-		t = norm(t)
+		t = norm(t.UTC())
 		byID := make(map[string]store.Operation, len(ops))
 		for _, op := range ops {
 			byID[op.ID] = op

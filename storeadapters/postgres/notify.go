@@ -89,18 +89,18 @@ func (s *Store) NotifyChannel() string {
 }
 
 // notify sends payloads on the store's channel when tx commits.
-func (s *Store) notify(ctx context.Context, tx pgx.Tx, payloads []string) error {
+func (s *Store) notify(ctx context.Context, q execer, payloads []string) error {
 	if len(payloads) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`, s.NotifyChannel(), payloads)
+	_, err := q.Exec(ctx, `SELECT pg_notify($1, p) FROM unnest($2::text[]) AS p`, s.NotifyChannel(), payloads)
 	return err
 }
 
 // notifyWork announces, when tx commits, that operations may have become
 // claimable.
-func (s *Store) notifyWork(ctx context.Context, tx pgx.Tx) error {
-	return s.notify(ctx, tx, []string{payloadWork})
+func (s *Store) notifyWork(ctx context.Context, q execer) error {
+	return s.notify(ctx, q, []string{payloadWork})
 }
 
 // notifyAdvanced announces the batches AdvanceBatches moved on, when one of
@@ -118,7 +118,7 @@ func (s *Store) notifyAdvanced(ctx context.Context, tx pgx.Tx, bs []store.Batch)
 // are cancelled and were not in before (the same operations, before the
 // change): at most maxCancelNotices by ID, those that held a lease first,
 // then one unnamed cancel for the rest.
-func (s *Store) notifyCancelled(ctx context.Context, tx pgx.Tx, before, after []store.Operation) error {
+func (s *Store) notifyCancelled(ctx context.Context, q execer, before, after []store.Operation) error {
 	was := make(map[string]store.Operation, len(before))
 	for _, op := range before {
 		was[op.ID] = op
@@ -144,7 +144,7 @@ func (s *Store) notifyCancelled(ctx context.Context, tx pgx.Tx, before, after []
 		}
 		payloads = append(payloads, payloadCancel+":"+id)
 	}
-	return s.notify(ctx, tx, payloads)
+	return s.notify(ctx, q, payloads)
 }
 
 // parsePayload reads a notification's payload; ok is false for anything

@@ -45,9 +45,11 @@ func collectOps(rows pgx.Rows) ([]store.Operation, error) {
 	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Operation, error) { return scanOp(r) })
 }
 
+const lockOpSQL = `SELECT ` + opCols + ` FROM {{schema}}.operations o WHERE o.id = $1 FOR NO KEY UPDATE`
+
 // lockOp reads operation id, locking its row until the transaction ends.
 func (s *Store) lockOp(ctx context.Context, tx pgx.Tx, id string) (store.Operation, error) {
-	op, err := scanOp(tx.QueryRow(ctx, s.sql(`SELECT `+opCols+` FROM {{schema}}.operations o WHERE o.id = $1 FOR NO KEY UPDATE`), id))
+	op, err := scanOp(tx.QueryRow(ctx, s.sql(lockOpSQL), id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return op, notFound("operation", id)
 	}
@@ -68,17 +70,52 @@ const (
 	flightClear       // the start reached its device, or ended without
 )
 
+// pipelinedRows is how many operations writeOps writes with one statement
+// each (a primary-key update, planned well however the table grows, sent in
+// one round trip); more are written with one statement over arrays.
+const pipelinedRows = 64
+
 // writeOps writes the mutable fields of ops, whose rows the transaction
-// holds locked, in one statement; flight[i] (all flightKeep when nil) says
-// what becomes of ops[i]'s start in flight.
-func (s *Store) writeOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, flight []int16) error {
+// holds locked; flight[i] (all flightKeep when nil) says what becomes of
+// ops[i]'s start in flight. Given a transaction, it sends its statements in
+// one round trip.
+func (s *Store) writeOps(ctx context.Context, q execer, ops []store.Operation, flight []int16) error {
 	if len(ops) == 0 {
 		return nil
 	}
-	n := len(ops)
 	if flight == nil {
-		flight = make([]int16, n)
+		flight = make([]int16, len(ops))
 	}
+	if len(ops) > pipelinedRows {
+		return s.writeManyOps(ctx, q, ops, flight)
+	}
+	if tx, ok := q.(pgx.Tx); ok && len(ops) > 1 {
+		var p queue
+		if err := s.writeOps(ctx, &p, ops, flight); err != nil {
+			return err
+		}
+		return p.send(ctx, tx)
+	}
+	for i, op := range ops {
+		if _, err := q.Exec(ctx, s.sql(`UPDATE {{schema}}.operations SET state = $2, phase = $3, after_flash = $4,
+			progress = $5, reason = $6, attempt = $7, next_attempt_at = $8, deadline = $9, token = $10,
+			lease_owner = $11, lease_expires_at = $12, version = $13, updated_at = $14, started_at = $15,
+			finished_at = $16,
+			start_in_flight = CASE $17::smallint WHEN 1 THEN true WHEN 2 THEN false ELSE start_in_flight END
+			WHERE id = $1`),
+			op.ID, string(op.State), string(op.Phase), op.Phase.AfterPointOfNoReturn(), int32(op.Progress),
+			string(op.Reason), int32(op.Attempt), tsz(op.NextAttemptAt), tsz(op.Deadline), op.Token, op.LeaseOwner,
+			tsz(op.LeaseExpiresAt), op.Version, tsz(op.UpdatedAt), tsz(op.StartedAt), tsz(op.FinishedAt),
+			flight[i]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeManyOps is writeOps for many operations: one statement over arrays.
+func (s *Store) writeManyOps(ctx context.Context, q execer, ops []store.Operation, flight []int16) error {
+	n := len(ops)
 	var (
 		ids, states, phases, reasons, owners = make([]string, n), make([]string, n), make([]string, n), make([]string, n), make([]string, n)
 		after                                = make([]bool, n)
@@ -95,7 +132,7 @@ func (s *Store) writeOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, 
 		next[i], deadline[i], lease[i], updated[i] = tsz(op.NextAttemptAt), tsz(op.Deadline), tsz(op.LeaseExpiresAt), tsz(op.UpdatedAt)
 		started[i], finished[i] = tsz(op.StartedAt), tsz(op.FinishedAt)
 	}
-	_, err := tx.Exec(ctx, s.sql(`UPDATE {{schema}}.operations o SET state = u.state, phase = u.phase,
+	_, err := q.Exec(ctx, s.sql(`UPDATE {{schema}}.operations o SET state = u.state, phase = u.phase,
 		after_flash = u.after_flash, progress = u.progress, reason = u.reason, attempt = u.attempt,
 		next_attempt_at = u.next_attempt_at, deadline = u.deadline, token = u.token, lease_owner = u.lease_owner,
 		lease_expires_at = u.lease_expires_at, version = u.version, updated_at = u.updated_at,
@@ -106,7 +143,7 @@ func (s *Store) writeOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, 
 			$14::timestamptz[], $15::timestamptz[], $16::timestamptz[], $17::smallint[])
 		AS u(id, state, phase, after_flash, progress, reason, attempt, next_attempt_at, deadline, token, lease_owner,
 			lease_expires_at, version, updated_at, started_at, finished_at, flight)
-		WHERE o.id = u.id`),
+		WHERE o.id = u.id AND o.id = ANY($1)`),
 		ids, states, phases, after, progress, reasons, attempts, next, deadline, tokens, owners, lease, versions,
 		updated, started, finished, flight)
 	return err
@@ -115,7 +152,7 @@ func (s *Store) writeOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, 
 // appendLogs appends lines to the logs of the operations whose rows the
 // transaction holds locked (which serializes the numbering), at t, in one
 // statement. Lines are truncated with store.TruncateLogLine.
-func (s *Store) appendLogs(ctx context.Context, tx pgx.Tx, t time.Time, logs map[string][]string) error {
+func (s *Store) appendLogs(ctx context.Context, q execer, t time.Time, logs map[string][]string) error {
 	var ids, lines []string
 	for id, ls := range logs {
 		for _, l := range ls {
@@ -125,7 +162,7 @@ func (s *Store) appendLogs(ctx context.Context, tx pgx.Tx, t time.Time, logs map
 	if len(ids) == 0 {
 		return nil
 	}
-	_, err := tx.Exec(ctx, s.sql(`INSERT INTO {{schema}}.operation_logs (operation_id, seq, time, line)
+	_, err := q.Exec(ctx, s.sql(`INSERT INTO {{schema}}.operation_logs (operation_id, seq, time, line)
 		SELECT u.id, coalesce(m.last, 0) + row_number() OVER (PARTITION BY u.id ORDER BY u.n), $3, u.line
 		FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(id, line, n)
 		LEFT JOIN (SELECT operation_id, max(seq) AS last FROM {{schema}}.operation_logs
@@ -144,7 +181,7 @@ type imageInfo struct{ buildID, org string }
 // with the rules of CreateOperation, and returns the records to insert. b is
 // the batch they join, or nil. The devices are read FOR KEY SHARE, so that
 // none moves to another organization before the transaction ends.
-func (s *Store) prepareOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, b *store.Batch, t time.Time) ([]store.Operation, error) {
+func (s *Store) prepareOps(ctx context.Context, tx pgx.Tx, ops []store.Operation, b *store.Batch) ([]store.Operation, time.Time, error) {
 	devIDs := make([]string, 0, len(ops))
 	imIDs := make([]string, 0, 1)
 	var givenIDs []string
@@ -159,71 +196,70 @@ func (s *Store) prepareOps(ctx context.Context, tx pgx.Tx, ops []store.Operation
 			givenIDs = append(givenIDs, op.ID)
 		}
 	}
+	// The reads go in one round trip, the clock last (after the locks).
+	var (
+		id, org, build, dev string
+		t                   time.Time
+	)
 	devs := make(map[string]devInfo, len(ops))
-	rows, err := tx.Query(ctx, s.sql(`SELECT id, organization FROM {{schema}}.devices WHERE id = ANY($1) FOR KEY SHARE`), devIDs)
-	if err != nil {
-		return nil, err
-	}
-	var id, org, build string
-	if _, err := pgx.ForEachRow(rows, []any{&id, &org}, func() error { devs[id] = devInfo{org}; return nil }); err != nil {
-		return nil, err
-	}
 	ims := map[string]imageInfo{}
-	rows, err = tx.Query(ctx, s.sql(`SELECT id, build_id, organization FROM {{schema}}.images WHERE id = ANY($1)`), imIDs)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := pgx.ForEachRow(rows, []any{&id, &build, &org}, func() error { ims[id] = imageInfo{build, org}; return nil }); err != nil {
-		return nil, err
-	}
 	busyOp := map[string]string{} // device -> its non-terminal operation
-	rows, err = tx.Query(ctx, s.sql(`SELECT device_id, id FROM {{schema}}.operations
-		WHERE device_id = ANY($1) AND state IN ('pending', 'in-progress')`), devIDs)
-	if err != nil {
-		return nil, err
-	}
-	var dev string
-	if _, err := pgx.ForEachRow(rows, []any{&dev, &id}, func() error { busyOp[dev] = id; return nil }); err != nil {
-		return nil, err
-	}
 	taken := map[string]bool{}
+	pb := &pgx.Batch{}
+	pb.Queue(s.sql(`SELECT id, organization FROM {{schema}}.devices WHERE id = ANY($1) FOR KEY SHARE`), devIDs).Query(
+		func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{&id, &org}, func() error { devs[id] = devInfo{org}; return nil })
+			return err
+		})
+	pb.Queue(s.sql(`SELECT id, build_id, organization FROM {{schema}}.images WHERE id = ANY($1)`), imIDs).Query(
+		func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{&id, &build, &org}, func() error { ims[id] = imageInfo{build, org}; return nil })
+			return err
+		})
+	pb.Queue(s.sql(`SELECT device_id, id FROM {{schema}}.operations
+		WHERE device_id = ANY($1) AND state IN ('pending', 'in-progress')`), devIDs).Query(func(rows pgx.Rows) error {
+		_, err := pgx.ForEachRow(rows, []any{&dev, &id}, func() error { busyOp[dev] = id; return nil })
+		return err
+	})
 	if len(givenIDs) > 0 {
-		rows, err = tx.Query(ctx, s.sql(`SELECT id FROM {{schema}}.operations WHERE id = ANY($1)`), givenIDs)
-		if err != nil {
-			return nil, err
-		}
-		if _, err := pgx.ForEachRow(rows, []any{&id}, func() error { taken[id] = true; return nil }); err != nil {
-			return nil, err
-		}
+		pb.Queue(s.sql(`SELECT id FROM {{schema}}.operations WHERE id = ANY($1)`), givenIDs).Query(func(rows pgx.Rows) error {
+			_, err := pgx.ForEachRow(rows, []any{&id}, func() error { taken[id] = true; return nil })
+			return err
+		})
 	}
+	pb.Queue(nowSQL).QueryRow(func(r pgx.Row) error { return r.Scan(&t) })
+	if err := tx.SendBatch(ctx, pb).Close(); err != nil {
+		return nil, time.Time{}, err
+	}
+	t = norm(t.UTC())
 	out := make([]store.Operation, 0, len(ops))
 	inBatch := make(map[string]bool, len(ops))
 	for _, op := range ops {
 		d, ok := devs[op.DeviceID]
 		if !ok {
-			return nil, notFound("device", op.DeviceID)
+			return nil, t, notFound("device", op.DeviceID)
 		}
 		im, ok := ims[op.ImageID]
 		if !ok {
-			return nil, notFound("image", op.ImageID)
+			return nil, t, notFound("image", op.ImageID)
 		}
 		if err := store.CheckOperationFits(op, d.org, im.org, im.buildID, b); err != nil {
-			return nil, err
+			return nil, t, err
 		}
 		if b != nil {
 			op.BatchID = b.ID
 		}
 		if other, ok := busyOp[op.DeviceID]; ok {
-			return nil, fmt.Errorf("%w: device %q has operation %s", store.ErrDeviceBusy, op.DeviceID, other)
+			return nil, t, fmt.Errorf("%w: device %q has operation %s", store.ErrDeviceBusy, op.DeviceID, other)
 		}
 		if inBatch[op.DeviceID] {
-			return nil, fmt.Errorf("%w: device %q appears twice in the batch", store.ErrDeviceBusy, op.DeviceID)
+			return nil, t, fmt.Errorf("%w: device %q appears twice in the batch", store.ErrDeviceBusy, op.DeviceID)
 		}
 		inBatch[op.DeviceID] = true
 		if op.ID == "" {
 			op.ID = store.NewID()
 		} else if taken[op.ID] {
-			return nil, fmt.Errorf("%w: operation %q exists", store.ErrConflict, op.ID)
+			return nil, t, fmt.Errorf("%w: operation %q exists", store.ErrConflict, op.ID)
 		} else {
 			taken[op.ID] = true
 		}
@@ -236,7 +272,7 @@ func (s *Store) prepareOps(ctx context.Context, tx pgx.Tx, ops []store.Operation
 		normOp(&op)
 		out = append(out, op)
 	}
-	return out, nil
+	return out, t, nil
 }
 
 // opColumns are the columns insertOps writes, in opValues' order.
@@ -262,6 +298,9 @@ const copyThreshold = 64
 // inserts them in device order, so that two transactions inserting
 // operations of the same devices wait for each other in one order (the
 // one-operation-per-device index), not into a deadlock.
+var insertOpSQL = `INSERT INTO {{schema}}.operations (` + strings.Join(opColumns, ", ") + `) VALUES (` +
+	placeholders(len(opColumns)) + `)`
+
 func (s *Store) insertOps(ctx context.Context, tx pgx.Tx, ops []store.Operation) error {
 	ops = slices.Clone(ops)
 	slices.SortFunc(ops, func(a, b store.Operation) int { return strings.Compare(a.DeviceID, b.DeviceID) })
@@ -271,7 +310,7 @@ func (s *Store) insertOps(ctx context.Context, tx pgx.Tx, ops []store.Operation)
 		return err
 	}
 	b := &pgx.Batch{}
-	q := s.sql(`INSERT INTO {{schema}}.operations (` + strings.Join(opColumns, ", ") + `) VALUES (` + placeholders(len(opColumns)) + `)`)
+	q := s.sql(insertOpSQL)
 	for _, op := range ops {
 		b.Queue(q, opValues(op)...)
 	}
@@ -308,11 +347,7 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 			}
 			b = &bt
 		}
-		t, err := now(ctx, tx)
-		if err != nil {
-			return err
-		}
-		prepared, err := s.prepareOps(ctx, tx, []store.Operation{op}, b, t)
+		prepared, t, err := s.prepareOps(ctx, tx, []store.Operation{op}, b)
 		if err != nil {
 			return err
 		}
@@ -321,23 +356,24 @@ func (s *Store) CreateOperation(ctx context.Context, op store.Operation) (store.
 			p.Wave = len(b.WaveTallies) - 1 // joins the last wave
 			b.WaveTallies[p.Wave].Size++
 		}
-		if err := s.insertOps(ctx, tx, prepared); err != nil {
+		var q queue // the writes, in one round trip
+		if _, err := q.Exec(ctx, s.sql(insertOpSQL), opValues(*p)...); err != nil {
 			return err
 		}
 		if b != nil {
 			store.Tally(b, nil, *p)
 			*b = store.AfterOperationChange(*b, p.Wave, "", p.State, t)
-			if err := s.writeBatch(ctx, tx, *b, p.Wave); err != nil {
+			if err := s.writeBatch(ctx, &q, *b, p.Wave); err != nil {
 				return err
 			}
 		}
 		if b == nil || b.State == status.BatchInProgress {
-			if err := s.notifyWork(ctx, tx); err != nil {
+			if err := s.notifyWork(ctx, &q); err != nil {
 				return err
 			}
 		}
 		out = *p
-		return nil
+		return q.send(ctx, tx)
 	})
 	if err != nil {
 		return store.Operation{}, err
@@ -447,27 +483,29 @@ func (s *Store) Logs(ctx context.Context, id string, afterSeq int64, limit int) 
 
 // UpdateOperation implements store.Operations with store.ApplyUpdate, on the
 // operation's row locked FOR NO KEY UPDATE; a change of state updates its
-// batch's tallies and state in the same transaction.
+// batch's tallies and state in the same transaction. Its writes go in one
+// round trip (see queue).
 func (s *Store) UpdateOperation(ctx context.Context, id string, u store.OperationUpdate) (store.Operation, error) {
 	if err := ctxErr(ctx); err != nil {
 		return store.Operation{}, err
 	}
 	var out store.Operation
 	err := s.tx(ctx, func(tx pgx.Tx) error {
-		op, err := s.lockOp(ctx, tx, id)
+		// A change of state may change the batch: it is locked at once.
+		op, b, t, err := s.lockOpBatchNow(ctx, tx, id, u.State != "")
 		if err != nil {
 			return err
 		}
-		t, err := now(ctx, tx)
+		var q queue
+		next, err := s.update(ctx, tx, &q, op, u, t, b)
 		if err != nil {
 			return err
 		}
-		next, err := s.update(ctx, tx, op, u, t, nil)
+		if err := s.notifyCancelled(ctx, &q, []store.Operation{op}, []store.Operation{next}); err != nil {
+			return err
+		}
 		out = next
-		if err == nil {
-			err = s.notifyCancelled(ctx, tx, []store.Operation{op}, []store.Operation{next})
-		}
-		return err
+		return q.send(ctx, tx)
 	})
 	if err != nil {
 		return store.Operation{}, err
@@ -475,10 +513,11 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 	return out, nil
 }
 
-// update applies u to op (its row locked) at t and writes the result, its
-// log lines and, when its state changed, its batch: b when the caller holds
-// it locked and loaded, otherwise locked and loaded here.
-func (s *Store) update(ctx context.Context, tx pgx.Tx, op store.Operation, u store.OperationUpdate, t time.Time, b *store.Batch) (store.Operation, error) {
+// update applies u to op (its row locked) at t and queues in q the writes
+// of the result, its log lines and, when its state changed, its batch: b
+// when the caller holds it locked and loaded, otherwise locked and loaded
+// here with tx.
+func (s *Store) update(ctx context.Context, tx pgx.Tx, q *queue, op store.Operation, u store.OperationUpdate, t time.Time, b *store.Batch) (store.Operation, error) {
 	next, err := store.ApplyUpdate(op, u, t)
 	if err != nil {
 		return store.Operation{}, err
@@ -488,17 +527,19 @@ func (s *Store) update(ctx context.Context, tx pgx.Tx, op store.Operation, u sto
 	if op.BatchID != "" && (next.State.Terminal() || store.Contacted(op.Phase, next.Phase)) {
 		flight = flightClear
 		if store.Contacted(op.Phase, next.Phase) {
-			if err := s.contacted(ctx, tx, op.ID, t); err != nil {
+			// Queued before the write that clears start_in_flight, which
+			// it reads.
+			if err := s.contacted(ctx, q, op.ID, t); err != nil {
 				return store.Operation{}, err
 			}
 		}
 	}
 	if next.Version != op.Version { // only log lines otherwise: the row stays as it is
-		if err := s.writeOps(ctx, tx, []store.Operation{next}, []int16{flight}); err != nil {
+		if err := s.writeOps(ctx, q, []store.Operation{next}, []int16{flight}); err != nil {
 			return store.Operation{}, err
 		}
 	}
-	if err := s.appendLogs(ctx, tx, t, map[string][]string{op.ID: u.Log}); err != nil {
+	if err := s.appendLogs(ctx, q, t, map[string][]string{op.ID: u.Log}); err != nil {
 		return store.Operation{}, err
 	}
 	if next.State != op.State && op.BatchID != "" {
@@ -511,19 +552,19 @@ func (s *Store) update(ctx context.Context, tx pgx.Tx, op store.Operation, u sto
 		}
 		store.Tally(b, &op, next)
 		*b = store.AfterOperationChange(*b, next.Wave, op.State, next.State, t)
-		if err := s.writeBatch(ctx, tx, *b, next.Wave); err != nil {
+		if err := s.writeBatch(ctx, q, *b, next.Wave); err != nil {
 			return store.Operation{}, err
 		}
 	}
 	return next, nil
 }
 
-// contacted dates the start in flight of operation id (locked), if it has
-// one, by its attempt reaching the device at t, and forgets its batch's
-// contacts older than store.MaxRatePeriod. The caller then clears the
-// operation's start_in_flight.
-func (s *Store) contacted(ctx context.Context, tx pgx.Tx, id string, t time.Time) error {
-	_, err := tx.Exec(ctx, s.sql(`WITH c AS (
+// contacted queues in q the dating of the start in flight of operation id
+// (locked), if it has one, by its attempt reaching the device at t, and the
+// forgetting of its batch's contacts older than store.MaxRatePeriod. The
+// caller then clears the operation's start_in_flight.
+func (s *Store) contacted(ctx context.Context, q execer, id string, t time.Time) error {
+	_, err := q.Exec(ctx, s.sql(`WITH c AS (
 			INSERT INTO {{schema}}.batch_starts (batch_id, contacted_at)
 			SELECT batch_id, $2 FROM {{schema}}.operations WHERE id = $1 AND start_in_flight
 			RETURNING batch_id)
@@ -538,15 +579,11 @@ func (s *Store) SetProgress(ctx context.Context, id string, token int64, percent
 		return err
 	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		op, err := s.lockOp(ctx, tx, id)
+		op, t, err := s.lockOpNow(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		if err := store.CheckProgress(op, token, percent); err != nil {
-			return err
-		}
-		t, err := now(ctx, tx)
-		if err != nil {
 			return err
 		}
 		_, err = tx.Exec(ctx, s.sql(`UPDATE {{schema}}.operations SET progress = $2, version = version + 1, updated_at = $3
@@ -562,18 +599,11 @@ func (s *Store) AppendLog(ctx context.Context, id string, token int64, lines ...
 		return err
 	}
 	return s.tx(ctx, func(tx pgx.Tx) error {
-		op, err := s.lockOp(ctx, tx, id)
+		op, t, err := s.lockOpNow(ctx, tx, id)
 		if err != nil {
 			return err
 		}
 		if err := store.CheckToken(op, token); err != nil {
-			return err
-		}
-		if len(lines) == 0 {
-			return nil
-		}
-		t, err := now(ctx, tx)
-		if err != nil {
 			return err
 		}
 		return s.appendLogs(ctx, tx, t, map[string][]string{id: lines})

@@ -279,11 +279,13 @@ func ctxErr(ctx context.Context) error {
 	return nil
 }
 
+const nowSQL = `SELECT clock_timestamp()`
+
 // now returns the database's clock. Every time the store sets or compares
 // comes from it, never from the process's clock.
 func now(ctx context.Context, q pgx.Tx) (time.Time, error) {
 	var t time.Time
-	if err := q.QueryRow(ctx, `SELECT clock_timestamp()`).Scan(&t); err != nil {
+	if err := q.QueryRow(ctx, nowSQL).Scan(&t); err != nil {
 		return time.Time{}, err
 	}
 	return t.UTC(), nil
