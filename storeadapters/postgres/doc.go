@@ -52,6 +52,27 @@
 // leases, per group, start rate) across processes without scanning a large
 // capped batch.
 //
+// Statements of a transaction that need nothing from each other's results
+// are sent together (pipelined, one round trip; see pipeline.go): an
+// UpdateOperation is four round trips, BEGIN and COMMIT included.
+//
+// # Timeouts
+//
+// The store sets no server timeouts: the host owns the pool and its
+// settings. A process frozen in the middle of a transaction holds the rows
+// it locked (its operation, and a batch's row, which every other engine's
+// changes to that batch wait for) until the server notices. Set
+// idle_in_transaction_session_timeout on the pool (the store's transactions
+// never wait on anything but the database) and, if wanted, lock_timeout:
+//
+//	cfg, _ := pgxpool.ParseConfig(url)
+//	cfg.ConnConfig.RuntimeParams["idle_in_transaction_session_timeout"] = "30s"
+//	cfg.ConnConfig.RuntimeParams["lock_timeout"] = "10s"
+//	pool, _ := pgxpool.NewWithConfig(ctx, cfg)
+//
+// A statement that times out fails its call with an error that is none of
+// the store's sentinels, and changes nothing (TestServerTimeoutsAsDocumented).
+//
 // # Notifications and image bytes
 //
 // The store implements store.Notifier with LISTEN/NOTIFY on a channel of its
