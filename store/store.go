@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"fmt"
 	"time"
 
 	"github.com/fwupgrader/fwupgrader/status"
@@ -136,6 +137,31 @@ type DeviceFirmwares interface {
 	PutDeviceFirmware(ctx context.Context, df DeviceFirmware) (DeviceFirmware, error)
 	// DeviceFirmware returns the device's record, or ErrNotFound.
 	DeviceFirmware(ctx context.Context, deviceID string) (DeviceFirmware, error)
+}
+
+// DeviceFirmwareLister is an optional capability of a store, found by type
+// assertion: the device firmware records of many devices in one call, so
+// that planning a batch of 100,000 devices is not 100,000 round trips. The
+// engine falls back on DeviceFirmware, device by device, without it.
+type DeviceFirmwareLister interface {
+	// ListDeviceFirmware returns the records of the devices deviceIDs that
+	// have one, in device ID order; unknown devices and devices without a
+	// record are left out (no error). At most MaxDeviceFirmwareList IDs per
+	// call: more is a *ValidationError.
+	ListDeviceFirmware(ctx context.Context, deviceIDs []string) ([]DeviceFirmware, error)
+}
+
+// MaxDeviceFirmwareList bounds the IDs of one ListDeviceFirmware call.
+const MaxDeviceFirmwareList = 10000
+
+// CheckDeviceFirmwareList refuses a ListDeviceFirmware call over
+// MaxDeviceFirmwareList IDs.
+func CheckDeviceFirmwareList(deviceIDs []string) error {
+	if len(deviceIDs) > MaxDeviceFirmwareList {
+		return &ValidationError{Record: "device firmware", Field: "DeviceIDs",
+			Problem: fmt.Sprintf("at most %d per call, got %d", MaxDeviceFirmwareList, len(deviceIDs))}
+	}
+	return nil
 }
 
 // Batches stores mass upgrades.

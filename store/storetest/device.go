@@ -102,6 +102,30 @@ func deviceFirmwareTests() []test {
 			require.NoError(t, err)
 			requireSame(t, store.DeviceFirmware{DeviceID: d.ID, ImageID: im2.ID, Installed: true, UpdatedAt: df2.UpdatedAt}, got, "replaced")
 		}},
+		{"ListDeviceFirmware", func(t *testing.T, f *fixture) {
+			l, ok := f.s.(store.DeviceFirmwareLister)
+			if !ok {
+				t.Skip("the store does not implement store.DeviceFirmwareLister")
+			}
+			d1, d2, d3 := f.device("org-a"), f.device("org-a"), f.device("org-b")
+			df1, err := f.s.PutDeviceFirmware(f.ctx, store.DeviceFirmware{DeviceID: d1.ID, ImageID: f.imageOf("org-a").ID, Installed: true})
+			require.NoError(t, err)
+			df3, err := f.s.PutDeviceFirmware(f.ctx, store.DeviceFirmware{DeviceID: d3.ID, ImageID: f.imageOf("org-b").ID})
+			require.NoError(t, err)
+			got, err := l.ListDeviceFirmware(f.ctx, []string{d3.ID, "no-such-device", d1.ID, d2.ID, d1.ID})
+			require.NoError(t, err)
+			want := []store.DeviceFirmware{df1, df3}
+			if d3.ID < d1.ID {
+				want = []store.DeviceFirmware{df3, df1}
+			}
+			requireSame(t, want, got, "the records of the devices that have one, each once, in device ID order")
+			got, err = l.ListDeviceFirmware(f.ctx, nil)
+			require.NoError(t, err)
+			assert.Empty(t, got)
+			_, err = l.ListDeviceFirmware(f.ctx, make([]string, store.MaxDeviceFirmwareList+1))
+			var ve *store.ValidationError
+			require.ErrorAs(t, err, &ve, "over store.MaxDeviceFirmwareList IDs")
+		}},
 		{"NoRecord", func(t *testing.T, f *fixture) {
 			d := f.device("org-a")
 			_, err := f.s.DeviceFirmware(f.ctx, d.ID)

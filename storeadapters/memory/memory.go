@@ -452,3 +452,23 @@ func (s *Store) PutDeviceFirmware(ctx context.Context, df store.DeviceFirmware) 
 func (s *Store) DeviceFirmware(ctx context.Context, deviceID string) (store.DeviceFirmware, error) {
 	return get(s, ctx, s.firmware, "device firmware", deviceID)
 }
+
+// ListDeviceFirmware implements store.DeviceFirmwareLister.
+func (s *Store) ListDeviceFirmware(ctx context.Context, deviceIDs []string) ([]store.DeviceFirmware, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := store.CheckDeviceFirmwareList(deviceIDs); err != nil {
+		return nil, err
+	}
+	s.mu.RLock()
+	out := make([]store.DeviceFirmware, 0, len(deviceIDs))
+	for _, id := range deviceIDs {
+		if df, ok := s.firmware[id]; ok {
+			out = append(out, df)
+		}
+	}
+	s.mu.RUnlock()
+	slices.SortFunc(out, func(a, b store.DeviceFirmware) int { return strings.Compare(a.DeviceID, b.DeviceID) })
+	return slices.CompactFunc(out, func(a, b store.DeviceFirmware) bool { return a.DeviceID == b.DeviceID }), nil
+}

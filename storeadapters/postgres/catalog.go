@@ -379,11 +379,33 @@ func (s *Store) PutDeviceFirmware(ctx context.Context, df store.DeviceFirmware) 
 func (s *Store) DeviceFirmware(ctx context.Context, deviceID string) (store.DeviceFirmware, error) {
 	return get(s, ctx, "device firmware", deviceID,
 		`SELECT device_id, image_id, installed, updated_at FROM {{schema}}.device_firmware WHERE device_id = $1`,
-		func(r pgx.Row) (store.DeviceFirmware, error) {
-			var df store.DeviceFirmware
-			var t time.Time
-			err := r.Scan(&df.DeviceID, &df.ImageID, &df.Installed, &t)
-			df.UpdatedAt = t.UTC()
-			return df, err
-		})
+		scanDeviceFirmware)
+}
+
+func scanDeviceFirmware(r pgx.Row) (store.DeviceFirmware, error) {
+	var df store.DeviceFirmware
+	var t time.Time
+	err := r.Scan(&df.DeviceID, &df.ImageID, &df.Installed, &t)
+	df.UpdatedAt = t.UTC()
+	return df, err
+}
+
+// ListDeviceFirmware implements store.DeviceFirmwareLister, in one query.
+func (s *Store) ListDeviceFirmware(ctx context.Context, deviceIDs []string) ([]store.DeviceFirmware, error) {
+	if err := ctxErr(ctx); err != nil {
+		return nil, err
+	}
+	if err := store.CheckDeviceFirmwareList(deviceIDs); err != nil {
+		return nil, err
+	}
+	rows, err := s.pool.Query(ctx, s.sql(`SELECT device_id, image_id, installed, updated_at
+		FROM {{schema}}.device_firmware WHERE device_id = ANY($1) ORDER BY device_id`), deviceIDs)
+	if err != nil {
+		return nil, translate(err)
+	}
+	out, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.DeviceFirmware, error) { return scanDeviceFirmware(r) })
+	if err != nil {
+		return nil, translate(err)
+	}
+	return out, nil
 }
