@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/store/storetest"
@@ -19,9 +20,17 @@ import (
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
 )
 
+// TestMain stops the throwaway cluster after the tests, and fails the run
+// when a goroutine the tests started (a Listen, a pool's) is still running.
 func TestMain(m *testing.M) {
 	code := m.Run()
 	pgtest.Stop()
+	if code == 0 {
+		if err := goleak.Find(); err != nil {
+			fmt.Fprintln(os.Stderr, "goroutines left running:", err)
+			code = 1
+		}
+	}
 	os.Exit(code)
 }
 
