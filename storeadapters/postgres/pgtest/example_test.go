@@ -5,7 +5,9 @@ import (
 	"crypto/rand"
 	"os"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -72,4 +74,39 @@ func ExampleURL() {
 		}
 	}
 	_ = TestOwnPool
+}
+
+// A test that crashes or restarts the database under the code it tests
+// takes a cluster of its own: NewCluster starts it, Stop, Start and Restart
+// act on its server, and it is removed when the test ends. Only compiled,
+// not run: it needs a *testing.T.
+func ExampleNewCluster() {
+	TestCommitSurvivesCrash := func(t *testing.T) {
+		c := pgtest.NewCluster(t)
+		ctx := t.Context()
+		conn, err := pgx.Connect(ctx, c.URL())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Exec(ctx, "CREATE TABLE kept (n int); INSERT INTO kept VALUES (42)"); err != nil {
+			t.Fatal(err)
+		}
+		conn.Close(ctx)
+
+		// SIGKILL: every server process killed at once; back after
+		// 100 ms, once it recovered from the WAL.
+		down := c.Restart(syscall.SIGKILL, 100*time.Millisecond)
+		t.Logf("database down for %s", down)
+
+		conn, err = pgx.Connect(ctx, c.URL()) // the same URL
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(context.Background())
+		var n int
+		if err := conn.QueryRow(ctx, "SELECT n FROM kept").Scan(&n); err != nil || n != 42 {
+			t.Fatalf("after the crash: %d, %v", n, err)
+		}
+	}
+	_ = TestCommitSurvivesCrash
 }
