@@ -21,6 +21,7 @@ import (
 	"golang.org/x/crypto/ssh"
 
 	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
+	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
 )
 
 const (
@@ -68,11 +69,13 @@ func setup(t *testing.T, cfg openwrttest.Config) *env {
 	return e
 }
 
-// TestMain sets the password variable once: t.Setenv cannot be used in
-// parallel tests.
+// TestMain sets the password variable once (t.Setenv cannot be used in
+// parallel tests) and stops the PostgreSQL cluster the tests started.
 func TestMain(m *testing.M) {
 	os.Setenv("FWUPGRADE_TEST_PASSWORD", openwrttest.DefaultPassword)
-	os.Exit(m.Run())
+	code := m.Run()
+	pgtest.Stop()
+	os.Exit(code)
 }
 
 func (e *env) args(extra ...string) []string {
