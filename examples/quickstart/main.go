@@ -1,169 +1,282 @@
-// Command quickstart upgrades a simulated OpenWrt device end to end: it
-// starts an in-process device that speaks real SSH (openwrt/openwrttest),
-// creates a category, a build and an image in the memory store, upgrades the
-// device with the openwrt upgrader through the engine, and prints the phases
-// and the progress as they happen, then the final operation. It exits 1 if
-// the operation did not end in success.
+// Command quickstart rolls a new OpenWrt release out to a small fleet, end
+// to end, in under ten seconds:
 //
 //	go run ./examples/quickstart
+//
+// It starts eight simulated OpenWrt routers in this process
+// (openwrt/openwrttest: real SSH on loopback addresses, each behaving as
+// the release it runs: 19.07, 21.02, 22.03, 23.05 or 24.10), embeds the
+// engine with the memory store, creates a category and a 24.10 build with
+// one image per board (with real fwtool metadata), and then:
+//
+//   - prints the dry run of the mass upgrade: the devices the batch selects,
+//     in which wave, the one it skips and why, and the read-only checks of
+//     every selected device (reachable, host key, identity, board, memory...);
+//   - runs the batch: a canary wave of one device, then the rest, at most
+//     three devices at once, pausing if more than a quarter of a wave fails;
+//   - shows each device's phase and progress live (redrawn in place on a
+//     terminal, plain lines otherwise) and the waves as they change;
+//   - prints a table of the results, proved on the devices themselves.
+//
+// The fleet has its troubles, as real ones do: ap-roof is recorded as an
+// Archer C7 v2 but is a v5 (the dry run flags it, the batch aborts it
+// before uploading anything), ap-store is switched off when the rollout
+// starts (the batch finds it offline, waits, and upgrades it when it comes
+// back), and ap-spare already runs 24.10 (the plan skips it).
+//
+// It exits 0 when every device ended as expected (the last line says so),
+// 1 otherwise, with the reason on the last line.
+//
+// Read this file for the embedding calls; fleet.go simulates the devices,
+// display.go prints, results.go checks the outcome.
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
-	"strings"
+	"os/signal"
 	"time"
 
-	"github.com/google/uuid"
+	"golang.org/x/term"
 
 	"github.com/fwupgrader/fwupgrader/openwrt"
 	"github.com/fwupgrader/fwupgrader/openwrt/openwrttest"
-	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/storeadapters/memory"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
 
-const (
-	model      = "TP-Link Archer C7 v2"
-	boardName  = "tplink,archer-c7-v2"
-	imageType  = "ath79-generic-tplink_archer-c7-v2-squashfs-sysupgrade.bin"
-	oldRelease = "OpenWrt 22.03.5 r20134-5f15225c1e"
-	newRelease = "OpenWrt 23.05.3 r23809-234f1a2efa"
-	imageSize  = 8 << 20
-)
+// targetSeries is the release the fleet is upgraded to.
+const targetSeries = "24.10"
+
+// targetRelease is its DISTRIB_DESCRIPTION: "OpenWrt 24.10.8 r29233-443ec4032a".
+var targetRelease = openwrttest.ReleaseDescription(targetSeries)
+
+// imageSize is the size of each simulated image.
+const imageSize = 8 << 20
 
 func main() {
-	if err := run(os.Stdout); err != nil {
-		fmt.Fprintln(os.Stderr, "quickstart:", err)
-		os.Exit(1)
-	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
+	// On a terminal the live view redraws a table in place.
+	live := term.IsTerminal(int(os.Stdout.Fd())) && os.Getenv("TERM") != "dumb"
+	r, err := run(ctx, os.Stdout, live, members)
+	stop()
+	os.Exit(finish(os.Stdout, r, err))
 }
 
-func run(out io.Writer) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+// run starts a simulated fleet of the devices (fleet.go), rolls the build
+// out to it and returns what happened.
+func run(ctx context.Context, out io.Writer, live bool, devices []member) (*rollout, error) {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
-	deviceID := uuid.NewString()
+	quiet := slog.New(slog.DiscardHandler) // the library's own log records (slog.Default() shows them)
 
-	// 1. A simulated OpenWrt router, on 127.0.0.1, without sftp-server (like
-	// most real ones): the upload falls back to SCP.
-	dev, err := openwrttest.New(openwrttest.Config{
-		Model: model, BoardName: boardName, UUID: deviceID, Release: oldRelease,
-		SCP: true, RebootDelay: 2 * time.Second,
-	})
+	// 1. The fleet: simulated routers on loopback addresses (fleet.go).
+	fl, err := startFleet(devices)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := dev.Start(); err != nil {
-		return err
-	}
-	defer dev.Close()
-	fmt.Fprintf(out, "device %s (%s, %s) listening on %s\n", deviceID, model, oldRelease, dev.Addr())
+	defer fl.Close()
 
-	// 2. The OpenWrt upgrader: the host hands out the address and the
-	// credentials on every attempt, and the host key is always checked.
+	// 2. The OpenWrt upgrader, registered for the devices whose connection
+	// kind is openwrt.Connection. It asks the host for the address and
+	// credentials on every attempt; host keys are always verified.
 	ow, err := openwrt.New(&openwrt.Config{
-		CredentialsFunc: func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
-			return openwrt.Credentials{
-				Address: dev.Addr(), User: "root", Password: openwrttest.DefaultPassword,
-				HostKeyCallback: openwrt.PinnedKey(dev.HostKey()),
-			}, nil
-		},
-		ReconnectDelay:      time.Second,
-		ReconnectRetryDelay: 500 * time.Millisecond,
-		ReconnectMaxRetries: 30,
-		Logger:              slog.New(slog.NewTextHandler(io.Discard, nil)),
+		CredentialsFunc: fl.Credentials,
+		// Real routers take a minute or more to reboot: keep the defaults
+		// there. The simulated ones are back within two seconds.
+		ReconnectDelay:      200 * time.Millisecond,
+		ReconnectRetryDelay: 200 * time.Millisecond,
+		Logger:              quiet,
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	reg := upgrader.NewRegistry()
 	if err := reg.Register(openwrt.Connection, ow); err != nil {
-		return err
+		return nil, err
 	}
+
+	// 3. The engine, over the in-process memory store (or your own
+	// store.Store, or storeadapters/postgres to share the work between
+	// machines). Start launches its workers; Stop drains them.
 	eng, err := upgrader.NewEngine(memory.New(), reg, &upgrader.Config{
-		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Logger: quiet,
+		// How often the engine looks for work and moves batches to their
+		// next wave (default 1 s), and how long a batch waits for a device
+		// it found offline before trying again (default 10 min, growing
+		// with the time the device has been offline).
+		PollInterval:        100 * time.Millisecond,
+		MaintenanceInterval: 100 * time.Millisecond,
+		Offline: upgrader.OfflinePolicy{InitialInterval: 1500 * time.Millisecond,
+			RandomizationFactor: upgrader.NoRetryRandomization},
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
-
-	// 3. The catalog: a category, a build and its image.
-	cat, err := eng.CreateCategory(ctx, store.Category{Name: "Archer C7 routers"})
-	if err != nil {
-		return err
+	if err := eng.Start(ctx); err != nil {
+		return nil, err
 	}
-	build, err := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID, Version: "23.05.3", OSIdentifier: newRelease})
-	if err != nil {
-		return err
-	}
-	simImage := openwrttest.Image{Boards: []string{boardName}, Release: newRelease, Size: imageSize}
-	img, err := eng.UploadImage(ctx, store.Image{BuildID: build.ID, Type: imageType,
-		Name: "openwrt-23.05.3-" + imageType}, simImage.Reader())
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(out, "image %s: %d bytes, sha256 %s…\n", img.Name, img.Size, img.SHA256[:16])
-
-	// 4. The device, as the host's inventory knows it.
-	d, err := eng.RegisterDevice(ctx, store.Device{ID: deviceID, Name: "ap-lobby", Model: model, BoardName: boardName,
-		OSIdentifier: oldRelease, Connection: openwrt.Connection, Address: dev.Addr(), Active: true})
-	if err != nil {
-		return err
-	}
-
-	// 5. Live progress from the engine's events.
-	events, unsubscribe := eng.Subscribe(0)
-	defer unsubscribe()
-	printed := make(chan struct{})
-	go func() {
-		defer close(printed)
-		show(out, events)
+	defer func() {
+		sctx, scancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer scancel()
+		eng.Stop(sctx)
 	}()
 
-	start := time.Now()
-	op, err := eng.Upgrade(ctx, upgrader.Request{DeviceID: d.ID, ImageID: img.ID})
-	unsubscribe()
-	<-printed
+	// 4. The catalog: a category, a build of the target release, and one
+	// image per board, with fwtool metadata naming the board (as OpenWrt's
+	// build appends it). UploadImage reads the boards from the metadata.
+	cat, err := eng.CreateCategory(ctx, store.Category{Name: "Office routers"})
 	if err != nil {
-		return err
+		return nil, err
+	}
+	build, err := eng.CreateBuild(ctx, store.Build{CategoryID: cat.ID,
+		Version: openwrtVersion(targetRelease), OSIdentifier: targetRelease})
+	if err != nil {
+		return nil, err
+	}
+	for _, b := range []board{archerC7v2, glMT300Nv2} {
+		sim := openwrttest.Image{Boards: []string{b.Name}, Release: targetRelease, Target: b.Target,
+			Fwtool: true, Size: imageSize}
+		im := store.Image{BuildID: build.ID, Type: b.ImageType,
+			Name: "openwrt-" + build.Version + "-" + b.ImageType}
+		if _, err := eng.UploadImage(ctx, im, sim.Reader()); err != nil {
+			return nil, fmt.Errorf("image for %s: %w", b.Model, err)
+		}
 	}
 
-	fmt.Fprintf(out, "\noperation %s: %s", op.ID, op.State)
-	if op.Reason != status.ReasonNone {
-		fmt.Fprintf(out, " (%s)", op.Reason)
+	// 5. The inventory: the host registers its devices. A device that
+	// reports the OS of a known build (ap-spare, on 24.10) gets that build's
+	// image as its firmware record; the others have none yet.
+	for _, d := range fl.Inventory() {
+		if _, err := eng.RegisterDevice(ctx, d); err != nil {
+			return nil, fmt.Errorf("device %s: %w", d.Name, err)
+		}
 	}
-	fmt.Fprintf(out, ", progress %d%%, %d attempt(s), %s\n", op.Progress, op.Attempt, time.Since(start).Round(time.Millisecond))
-	fmt.Fprintf(out, "device now runs %q (boot id %s)\n", dev.Release(), dev.BootID())
-	if op.State != status.Success {
-		return fmt.Errorf("the upgrade ended %s (%s)", op.State, op.Reason)
+
+	// 6. The mass upgrade: which devices, in which order, and how to roll
+	// it out. The rollout is enforced by the store when operations are
+	// claimed, so it holds however many engines share the store.
+	req := upgrader.BatchRequest{
+		BuildID: build.ID,
+		Name:    "office routers to " + build.Version,
+		// Devices without a firmware record are selected by board.
+		Firmwareless: true,
+		// Waves take devices in this order: ap-lab is the canary.
+		Order: func(a, b store.Device) int { return cmp.Compare(a.Name, b.Name) },
+		Rollout: store.Rollout{
+			Waves:    []store.WaveSize{{Count: 1}, {Percent: 100}}, // a canary, then everyone else
+			WaveWait: time.Second,                                  // in production: time to look at the canary
+			// At most three devices at once.
+			MaxConcurrent: 3,
+			// Pause the batch when more than 25 % of a wave failed or
+			// aborted, counted once two of its devices finished (a wave
+			// of one, the canary, once it finished).
+			FailureThreshold: new(25.0), // a *float64
+			MinFinished:      2,
+		},
 	}
-	return nil
+
+	// 7. The dry run: the plan and the read-only checks of every selected
+	// device, in parallel. Nothing is stored, nothing changes on a device.
+	plan, err := eng.DryRunBatch(ctx, req, upgrader.DryRunOptions{Check: true})
+	if err != nil {
+		return nil, fmt.Errorf("dry run: %w", err)
+	}
+	printPlan(out, plan, req.Rollout)
+
+	// 8. The rollout, watched through the engine's events: phases,
+	// progress and waves (display.go). Subscribe before creating the batch
+	// so that no event is missed.
+	events, unsubscribe := eng.Subscribe(4096)
+	mon := newMonitor(out, live, plan)
+	watched := make(chan struct{})
+	go func() {
+		defer close(watched)
+		mon.watch(events)
+	}()
+	// The simulated world: someone switches ap-store on once the batch
+	// has found it offline.
+	stopSwitching := fl.switchOnWhenFoundOffline(eng, func(name string) {
+		mon.note("(simulation) %s was switched on", name)
+	})
+
+	started := time.Now()
+	b, _, err := eng.CreateBatch(ctx, req) // started at once (req.Hold is false)
+	if err == nil {
+		mon.batchCreated(b)
+		err = wait(ctx, eng, b.ID, mon)
+	}
+	took := time.Since(started)
+	stopSwitching()
+	unsubscribe()
+	<-watched
+	if err != nil {
+		return nil, fmt.Errorf("batch: %w", err)
+	}
+
+	// 9. The results: the batch, its operations, and the devices as they
+	// are now (results.go).
+	st, err := eng.Batch(ctx, b.ID) // st.Summary: "7 of 7 done, 0 pending, wave 2 of 2"
+	if err != nil {
+		return nil, err
+	}
+	r, err := newRollout(ctx, eng.Store(), fl, plan, st, mon, took)
+	if err != nil {
+		return nil, err
+	}
+	r.print(out)
+	return r, nil
 }
 
-// show prints phases, a progress bar and log lines as they arrive.
-func show(out io.Writer, events <-chan upgrader.Event) {
-	last := -1
-	for ev := range events {
-		switch ev.Kind {
-		case upgrader.EventOperationPhase:
-			fmt.Fprintf(out, "\n[%3d%%] phase %s\n", ev.Progress, ev.Phase)
-		case upgrader.EventOperationProgress:
-			if ev.Progress/5 != last/5 {
-				last = ev.Progress
-				bar := strings.Repeat("#", ev.Progress/5) + strings.Repeat(".", 20-ev.Progress/5)
-				fmt.Fprintf(out, "       [%s] %3d%%\n", bar, ev.Progress)
-			}
-		case upgrader.EventOperationLog:
-			fmt.Fprintf(out, "       log: %s\n", ev.Line)
-		case upgrader.EventOperationState:
-			fmt.Fprintf(out, "       state: %s %s\n", ev.State, ev.Reason)
+// wait waits until batch id ends. A batch paused by its failure threshold
+// does not end: it waits for an operator (ResumeBatch, CancelBatch,
+// RetryBatch). The quickstart then cancels it, so that the results show
+// what went wrong; the devices not started yet end cancelled, untouched.
+func wait(ctx context.Context, eng *upgrader.Engine, id string, mon *monitor) error {
+	wctx, stop := context.WithCancel(ctx)
+	defer stop()
+	go func() {
+		select {
+		case <-mon.paused:
+			stop()
+		case <-wctx.Done():
 		}
-		if ev.Dropped > 0 {
-			fmt.Fprintf(out, "       (%d events dropped)\n", ev.Dropped)
-		}
+	}()
+	_, err := eng.WaitBatch(wctx, id)
+	if err == nil || ctx.Err() != nil {
+		return err
 	}
+	mon.note("cancelling the paused batch")
+	if _, err := eng.CancelBatch(ctx, id); err != nil {
+		return err
+	}
+	_, err = eng.WaitBatch(ctx, id)
+	return err
+}
+
+// finish prints the last line, why the quickstart succeeded or failed, and
+// returns the exit code.
+func finish(out io.Writer, r *rollout, err error) int {
+	if err == nil {
+		err = r.check()
+	}
+	if err != nil {
+		fmt.Fprintf(out, "FAILED: %v\n", err)
+		return 1
+	}
+	fmt.Fprintf(out, "OK: %s\n", r.verdict())
+	return 0
+}
+
+// openwrtVersion returns the version of a DISTRIB_DESCRIPTION ("24.10.8").
+func openwrtVersion(desc string) string {
+	if r, ok := openwrt.ParseRelease(desc); ok {
+		return r.Version
+	}
+	return desc
 }
