@@ -82,7 +82,7 @@ func (u *Upgrader) Check(ctx context.Context, job *upgrader.Job) ([]upgrader.Che
 	defer a.close()
 	d := &dryRun{a: a}
 	err = d.run(ctx)
-	return d.checks, err
+	return d.checks, a.result(err)
 }
 
 // dryRunReporter passes the log lines of a dry run on, and keeps every
@@ -115,7 +115,7 @@ func (d *dryRun) pass(name, format string, args ...any) {
 // Upgrade would return.
 func (d *dryRun) fail(name string, err error) {
 	_, reason := upgrader.Classify(err)
-	detail := strings.TrimPrefix(inner(err).Error(), "openwrt: ")
+	detail := d.a.redact(strings.TrimPrefix(plain(err), prefix))
 	d.checks = append(d.checks, upgrader.Check{Name: name, Detail: detail, Reason: reason})
 	if d.verdict == nil {
 		d.verdict = err
@@ -195,7 +195,7 @@ func (d *dryRun) connect(ctx context.Context) bool {
 		if ctx.Err() != nil {
 			return false
 		}
-		a.logf(ctx, "Connection failed: %v", err)
+		a.logf(ctx, "Connection failed: %v", plain(err))
 		if _, reason := upgrader.Classify(err); reason == status.ReasonHostKeyMismatch {
 			if creds.HostKeyCallback != nil { // the device answered, with another key
 				d.pass(upgrader.CheckReachable, "%s answered", addr)
@@ -293,9 +293,8 @@ func (d *dryRun) installed(ctx context.Context) bool {
 	}
 	want := strings.ToLower(a.job.Image.SHA256)
 	if found && sum == want {
-		a.logf(ctx, "Firmware already upgraded previously: identical checksum found in %s, upgrade not needed", ChecksumFile)
-		d.fail(upgrader.CheckInstalled, upgrader.NotNeeded(status.ReasonAlreadyInstalled,
-			fmt.Errorf("openwrt: the device already runs image %s (checksum in %s)", want, ChecksumFile)))
+		a.logf(ctx, "Already installed: the image's sha256 matches %s", ChecksumFile)
+		d.fail(upgrader.CheckInstalled, alreadyInstalled(want))
 		return true
 	}
 	record := "no " + ChecksumFile

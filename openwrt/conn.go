@@ -1,9 +1,11 @@
 package openwrt
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -207,6 +209,72 @@ func (w *capBuffer) String() string {
 	return string(w.head) + fmt.Sprintf("\n…[%d bytes not kept]…\n", dropped) + string(tail)
 }
 
+// maxLineLen bounds one line passed on by lineWriter, in bytes: a longer
+// line keeps its first maxLineLen bytes and a marker.
+const maxLineLen = 1024
+
+// lineWriter cuts what is written to it into lines (ended by "\n", "\r\n"
+// or a lone "\r", as progress output redraws its line) and passes each on
+// to emit. It never fails and keeps at most maxLineLen bytes of a line.
+type lineWriter struct {
+	mu    sync.Mutex
+	buf   []byte
+	cut   bool // the current line was longer than maxLineLen
+	emit  func(string)
+	lastR bool // the previous byte was "\r": a "\n" right after it ends nothing
+}
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexAny(p, "\r\n")
+		if i < 0 {
+			w.add(p)
+			w.lastR = false
+			break
+		}
+		if i == 0 && p[0] == '\n' && w.lastR {
+			w.lastR = false
+			p = p[1:]
+			continue
+		}
+		w.add(p[:i])
+		w.lastR = p[i] == '\r'
+		w.endLine()
+		p = p[i+1:]
+	}
+	return n, nil
+}
+
+// add appends b to the current line, up to maxLineLen bytes.
+func (w *lineWriter) add(b []byte) {
+	if room := maxLineLen - len(w.buf); room < len(b) {
+		b = b[:max(room, 0)]
+		w.cut = true
+	}
+	w.buf = append(w.buf, b...)
+}
+
+func (w *lineWriter) endLine() {
+	line := string(w.buf)
+	if w.cut {
+		line = strings.ToValidUTF8(line, "") + " …[line cut]"
+	}
+	w.buf, w.cut = w.buf[:0], false
+	w.emit(line)
+}
+
+// flush passes on a last line that has no newline.
+func (w *lineWriter) flush() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if len(w.buf) > 0 || w.cut {
+		w.endLine()
+	}
+}
+
 // errSessionLost is returned by run when the session ended without an exit
 // status (the device dropped the connection).
 var errSessionLost = errors.New("openwrt: the session ended without an exit status")
@@ -223,6 +291,29 @@ var errCommandTimeout = errors.New("openwrt: command timed out")
 // non-zero exit is a *CommandError; a timeout is errCommandTimeout; a
 // dropped session wraps errSessionLost; ctx ending returns ctx's error.
 func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (string, error) {
+	return c.runLines(ctx, timeout, cmd, nil)
+}
+
+// streams says what runLines does with a command's output besides
+// returning it.
+type streams struct {
+	// line is called with each line of standard output (stderr false)
+	// and standard error (stderr true) as the device prints it, from the
+	// goroutines that read them: it must not block for long.
+	line func(stderr bool, l string)
+	// stderr, when not nil, also receives standard error alone. The
+	// combined output interleaves the two streams as the goroutines
+	// reading them happen to run, so a message on standard error can land
+	// in the middle of a long standard output, where the combined capture
+	// drops bytes.
+	stderr io.Writer
+}
+
+// runLines is run, and also passes the output on as st says (when not
+// nil). A last line without a newline is passed on when the command ends,
+// before runLines returns; lines longer than maxLineLen are cut (see
+// lineWriter).
+func (c *conn) runLines(ctx context.Context, timeout time.Duration, cmd string, st *streams) (string, error) {
 	s, err := c.newSession(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -234,6 +325,19 @@ func (c *conn) run(ctx context.Context, timeout time.Duration, cmd string) (stri
 	out := &capBuffer{max: maxCapture}
 	s.Stdout = out
 	s.Stderr = out
+	if st != nil && st.line != nil {
+		// stdout and stderr are split apart: a line is never made of
+		// pieces of both.
+		stdout := &lineWriter{emit: func(l string) { st.line(false, l) }}
+		stderr := &lineWriter{emit: func(l string) { st.line(true, l) }}
+		defer stdout.flush() // after the session's copying ended (Wait or abandon)
+		defer stderr.flush()
+		s.Stdout = io.MultiWriter(out, stdout)
+		s.Stderr = io.MultiWriter(out, stderr)
+	}
+	if st != nil && st.stderr != nil {
+		s.Stderr = io.MultiWriter(s.Stderr, st.stderr)
+	}
 	if err := s.Start(cmd); err != nil {
 		if ctx.Err() != nil {
 			return "", ctx.Err()

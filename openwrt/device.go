@@ -28,7 +28,7 @@ func (a *attempt) learn(ctx context.Context) error {
 	case err != nil && ctx.Err() != nil:
 		return ctx.Err()
 	case err != nil:
-		a.logf(ctx, "Cannot read the device's release: %v", err)
+		a.logf(ctx, "Cannot read the device's release: %v", plain(err))
 	}
 	a.beforeDesc = desc
 	a.before, _ = ParseRelease(desc)
@@ -191,7 +191,7 @@ func (a *attempt) checkImageBoard(ctx context.Context) error {
 	md, err := a.imageMetadata(ctx)
 	switch {
 	case errors.Is(err, imagemap.ErrCorruptMetadata):
-		a.logf(ctx, "The image's metadata is corrupt: %v", err)
+		a.logf(ctx, "The image's metadata is corrupt: %v", plain(err))
 		return upgrader.Aborted(status.ReasonImageInvalid, fmt.Errorf("openwrt: %w", err))
 	case err != nil:
 		if ctx.Err() != nil {

@@ -50,7 +50,7 @@
 //     (upload-corrupt).
 //  6. image-test: "sysupgrade --test FLAGS PATH", with the operation's own
 //     flags, so that what the flash would refuse is refused now; refused →
-//     aborted (image-invalid) with the device's output in the log. 12.09 has
+//     aborted (image-invalid), the device's output in the log. 12.09 has
 //     no --test: the metadata checks of step 2 stand in for it.
 //  7. flashing: the boot id is read, /etc/openwisp/checksum removed, and
 //     only if the reporter accepts the move into status.PhaseFlashing (the
@@ -62,8 +62,9 @@
 //     any other non-zero exit, or a command that could not be started (after
 //     3 tries) is failed (flash-failed): the device was not flashed, so the
 //     services are started again, the image removed, and no reboot waited
-//     for. The output kept is its start and its end (a -v listing can be
-//     longer than any cap; the verdict is at its end).
+//     for. Its output reaches the operation's log line by line while it
+//     runs (see Operation log); the verdict is judged on the whole output
+//     and on standard error alone.
 //  8. rebooting, verifying: after [Config.ReconnectDelay], reconnections
 //     every [Config.ReconnectRetryDelay] with a short TCP connect timeout
 //     ([Config.ReconnectDialTimeout]) for [Config.ReconnectWindow] (15
@@ -112,6 +113,28 @@
 //
 // [Upgrader.Verify] proves the outcome of a flash found after a crash
 // without flashing again: the firmware checksum file, or the release.
+//
+// # Operation log
+//
+// Each step logs what it did, for people (upgrader.Reporter.Log). The
+// output of sysupgrade --test and of the flash reaches the log one line at
+// a time, as the device prints it: up to [MaxOutputLines] lines of
+// standard output and as many of standard error, then, when the command
+// ends, a line counting those left out and the last [OutputTailLines] of
+// each stream (with -v sysupgrade lists every file it keeps; its verdict
+// comes last). A line is cut at 1 KiB, and the password of the
+// credentials is replaced by "[redacted]" wherever a line holds it. The
+// lines go to the log from a goroutine of their own: a slow store never
+// holds up sysupgrade's output.
+//
+// The error an attempt ends with says what happened once, "openwrt: "
+// written once, with the last line of the device's output rather than all
+// of it: "openwrt: sysupgrade exited with status 1, the device was not
+// flashed: sysupgrade: failed to write image: Input/output error". When the
+// upgrade is proven, the upgrader tells the engine what it proved
+// (upgrader.Prover), and the operation ends with that one success line:
+// `success: the device runs "OpenWrt 23.05.3 r23809-234f1a2efa" (boot id
+// changed)`. Given a Reporter that is no Prover, it logs that line itself.
 //
 // # Options and commands
 //

@@ -52,6 +52,7 @@ type fleetOpts struct {
 func newFleet(t *testing.T, o fleetOpts) *fleet {
 	t.Helper()
 	f := &fleet{st: memory.New(), devs: map[string]*openwrttest.Device{}}
+	t.Cleanup(func() { checkMessages(t, f) }) // runs last: every operation has ended
 	ocfg := &openwrt.Config{
 		CredentialsFunc: func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {
 			if f.credsHook != nil {

@@ -1,6 +1,7 @@
 package openwrt
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -45,17 +46,19 @@ func (a *attempt) flashCommand() string {
 const flashSendTries = 3
 
 // flash runs sysupgrade. The flash was decided (the move into flashing is
-// recorded), so the command is sent even when ctx ends meanwhile. The
-// session dropping or timing out is expected, and so is the 22.03+ exit
-// 246 through ubus. A real non-zero exit, procd's refusal, or a command
-// that could never be started leaves the device unflashed: the stopped
-// services are started again, the image removed, and no reboot waited for.
+// recorded), so the command is sent even when ctx ends meanwhile. Its
+// output goes to the operation's log line by line as the device prints it
+// (runLogged). The session dropping or timing out is expected, and so is
+// the 22.03+ exit 246 through ubus. A real non-zero exit, procd's refusal,
+// or a command that could never be started leaves the device unflashed:
+// the stopped services are started again, the image removed, and no reboot
+// waited for.
 func (a *attempt) flash(ctx context.Context) error {
 	sctx := context.WithoutCancel(ctx) // the decision is made
 	a.progress(ctx, status.ProgressFlashing)
 	cmd := a.flashCommand()
 	a.logf(ctx, "Upgrade operation in progress: %s", cmd)
-	var out string
+	var out, errOut string
 	var err error
 	for try := 1; try <= flashSendTries; try++ {
 		if try > 1 && errors.Is(context.Cause(ctx), upgrader.ErrLeaseLost) {
@@ -67,46 +70,47 @@ func (a *attempt) flash(ctx context.Context) error {
 		}
 		if a.c == nil {
 			if a.c, err = a.connect(sctx); err != nil {
-				a.logf(ctx, "Cannot reconnect to send the flash command: %v", err)
+				a.logf(ctx, "Cannot reconnect to send the flash command: %v", plain(err))
 				_ = sleep(sctx, time.Second)
 				continue
 			}
 		}
 		a.c.detach() // the attempt ending must not reset the connection under sysupgrade
-		out, err = a.c.run(sctx, a.cfg.UpgradeTimeout, cmd)
+		out, errOut, err = a.runLogged(sctx, a.cfg.UpgradeTimeout, cmd)
 		if !errors.Is(err, errNotStarted) {
 			break
 		}
-		a.logf(ctx, "The flash command could not be started (try %d of %d): %v", try, flashSendTries, err)
+		a.logf(ctx, "The flash command could not be started (try %d of %d): %v", try, flashSendTries, plain(err))
 		a.close()
 	}
-	if s := strings.TrimSpace(out); s != "" {
-		a.logf(ctx, "%s", truncateOutput(s, MaxErrorOutput))
-	}
+	// The verdict is judged on the combined output and on standard error
+	// alone, where sysupgrade and the ubus client print it from 19.07: a
+	// long -v listing on standard output can push it out of the combined
+	// capture.
+	verdict := out + "\n" + errOut
 	var ce *CommandError
 	switch {
 	case err == nil:
 		a.logf(ctx, "sysupgrade exited normally, the device is rebooting")
 	case a.c == nil || errors.Is(err, errNotStarted):
-		a.logf(ctx, "The flash command could not be sent: the device was not flashed")
 		a.undo(sctx)
-		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: the flash command could not be sent, the device was not flashed: %w", err))
+		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: the flash command could not be sent, the device was not flashed: %w", inner(err)))
 	case errors.Is(err, errCommandTimeout):
 		a.logf(ctx, "No answer from sysupgrade after %s: expected while the device flashes", a.cfg.UpgradeTimeout)
 	case errors.Is(err, errSessionLost):
 		a.logf(ctx, "SSH connection closed by the device: expected while it flashes")
-	case errors.As(err, &ce) && isProcdRefusal(out): // the whole output: stderr and stdout interleave
-		a.logf(ctx, "procd refused the sysupgrade hand-over (Not supported): the device was not flashed")
+	case errors.As(err, &ce) && isProcdRefusal(verdict):
 		a.undo(sctx)
-		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: procd refused the flash, the device was not flashed: %w", err))
-	case errors.As(err, &ce) && isFalseFlashError(out):
+		return upgrader.Failed(status.ReasonFlashFailed, describe(err,
+			"openwrt: procd refused the flash (Not supported), the device was not flashed: sysupgrade exited with status %d", ce.ExitStatus))
+	case errors.As(err, &ce) && isFalseFlashError(verdict):
 		a.logf(ctx, "sysupgrade exited %d through ubus (OpenWrt 22.03 and later): expected, the flash goes on", ce.ExitStatus)
 	case errors.As(err, &ce):
-		a.logf(ctx, "sysupgrade failed (exit status %d): the device was not flashed", ce.ExitStatus)
 		a.undo(sctx)
-		return upgrader.Failed(status.ReasonFlashFailed, fmt.Errorf("openwrt: flash: %w", err))
+		return upgrader.Failed(status.ReasonFlashFailed, describe(err,
+			"openwrt: sysupgrade exited with status %d, the device was not flashed: %s", ce.ExitStatus, lastLine(cmp.Or(strings.TrimSpace(errOut), out))))
 	default:
-		a.logf(ctx, "sysupgrade ended with %v: expected while the device flashes", err)
+		a.logf(ctx, "sysupgrade ended with %v: expected while the device flashes", plain(err))
 	}
 	a.close()
 	return nil
@@ -138,8 +142,7 @@ func (a *attempt) afterFlash(ctx context.Context, oldBootID string) error {
 	if err != nil {
 		return err
 	}
-	a.progress(ctx, status.ProgressDone)
-	a.logf(ctx, "Upgrade completed successfully")
+	a.succeeded(ctx, a.proof+" (boot id changed)")
 	return nil
 }
 
@@ -189,7 +192,7 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 			}
 			lastErr = inner(err)
 			if every(&lastFail) {
-				a.logf(ctx, "Device not reachable yet (%d attempts in %s): %v", attempts, time.Since(start).Round(time.Second), lastErr)
+				a.logf(ctx, "Device not reachable yet (%d attempts in %s): %v", attempts, time.Since(start).Round(time.Second), prefixOnce(lastErr.Error()))
 			}
 			continue
 		}
@@ -228,7 +231,7 @@ func (a *attempt) reconnect(ctx context.Context, check func(context.Context) (bo
 		if err != nil {
 			lastErr = err
 			if !isStale(err) && !quiet {
-				a.logf(ctx, "Verification interrupted: %v", err)
+				a.logf(ctx, "Verification interrupted: %v", plain(err))
 			}
 		}
 		// The device answered but proved nothing yet (still on its old
@@ -258,8 +261,9 @@ const answeredRetryDelay = 5 * time.Second
 // image's metadata); when neither names one, it must at least run another
 // release than before the flash. Only then is the image's checksum recorded
 // on the device: a device on its old firmware never gets it (it would make
-// the next upgrade look "already installed"). A failed proof is an
-// old-firmware verdict, final (done) or not as the caller says.
+// the next upgrade look "already installed"). What it proved goes to
+// a.proof. A failed proof is an old-firmware verdict, final (done) or not
+// as the caller says.
 func (a *attempt) proveRelease(ctx context.Context, final bool) (bool, error) {
 	rel, err := a.readRelease(ctx)
 	if err != nil {
@@ -272,7 +276,7 @@ func (a *attempt) proveRelease(ctx context.Context, final bool) (bool, error) {
 		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 			fmt.Errorf("openwrt: the device runs %q instead of %q", rel, wantDesc))
 	case known:
-		a.logf(ctx, "The device runs %q", rel)
+		a.proof = fmt.Sprintf("the device runs %q", rel)
 	case a.beforeDesc == "":
 		a.logf(ctx, "Neither the build nor the image's metadata names the new release, and the release before the flash is unknown: cannot prove the upgrade")
 		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
@@ -282,7 +286,7 @@ func (a *attempt) proveRelease(ctx context.Context, final bool) (bool, error) {
 		return final, upgrader.Failed(status.ReasonOldFirmwareAfterReboot,
 			fmt.Errorf("openwrt: the device still runs %q, the release it ran before the flash", rel))
 	default:
-		a.logf(ctx, "The device runs %q (before the flash: %q)", rel, a.beforeDesc)
+		a.proof = fmt.Sprintf("the device runs %q, not %q as before the flash", rel, a.beforeDesc)
 	}
 	if err := a.writeChecksum(ctx); err != nil {
 		return false, err
@@ -357,7 +361,7 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		}
 		want := strings.ToLower(job.Image.SHA256)
 		if found && sum == want {
-			a.logf(ctx, "The device runs the image (checksum in %s)", ChecksumFile)
+			a.proof = fmt.Sprintf("the device runs the image (its sha256 is in %s)", ChecksumFile)
 			return true, nil
 		}
 		if _, _, known := a.expectedRelease(); !known {
@@ -368,9 +372,8 @@ func (u *Upgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 		return a.proveRelease(ctx, false)
 	})
 	if err != nil {
-		return err
+		return a.result(err)
 	}
-	a.progress(ctx, status.ProgressDone)
-	a.logf(ctx, "Upgrade verified")
+	a.succeeded(ctx, a.proof)
 	return nil
 }

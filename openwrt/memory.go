@@ -125,7 +125,7 @@ func (a *attempt) availableMemory(ctx context.Context) (free int64, field string
 	case ctx.Err() != nil || errors.Is(err, errSessionLost) || errors.Is(err, errCommandTimeout):
 		return 0, "", false, transportError(ctx, "read the free memory", err)
 	default:
-		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", err)
+		a.logf(ctx, "Cannot read the free memory (%v); skipping the memory check", plain(err))
 		return 0, "", false, nil
 	}
 	a.logf(ctx, "Free memory (%s): %s; needed: %s (image) + %s (margin)", field, mib(free), mib(a.job.Image.Size), mib(a.cfg.MemoryMargin))
@@ -139,13 +139,13 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		a.logf(ctx, "Could not remove %s: %v", opkgListsDir, err)
+		a.logf(ctx, "Could not remove %s: %v", opkgListsDir, plain(err))
 	}
 	if _, err := a.exec(ctx, command("sync")+" && "+redirect(command("echo", "3"), dropCachesFile)); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
-		a.logf(ctx, "Could not drop the caches: %v", err)
+		a.logf(ctx, "Could not drop the caches: %v", plain(err))
 	}
 	need := a.memoryNeeded()
 	if _, _, err := a.checkUploadRoom(ctx); err != nil {
@@ -193,7 +193,7 @@ func (a *attempt) stopServices(ctx context.Context) error {
 		case errors.As(err, &ce) && ce.ExitStatus == 127:
 			// Not installed.
 		case errors.As(err, &ce):
-			a.logf(ctx, "Could not stop service %s: %v", svc, err)
+			a.logf(ctx, "Could not stop service %s: %v", svc, plain(err))
 			a.stopped = append(a.stopped, svc) // it may be half stopped: start it again later
 		default:
 			return transportError(ctx, "stop service "+svc, err)
@@ -209,7 +209,7 @@ func (a *attempt) stopServices(ctx context.Context) error {
 		a.wifiDown = true
 		a.logf(ctx, "Wireless brought down")
 	case errors.As(err, &ce):
-		a.logf(ctx, "Could not bring the wireless down: %v", err)
+		a.logf(ctx, "Could not bring the wireless down: %v", plain(err))
 	default:
 		return transportError(ctx, "wifi down", err)
 	}
@@ -272,7 +272,7 @@ func (a *attempt) undo(ctx context.Context) {
 		if c == nil {
 			var err error
 			if c, err = a.connect(cctx); err != nil {
-				a.logf(ctx, "Cannot reconnect to start the stopped services again: %v", err)
+				a.logf(ctx, "Cannot reconnect to start the stopped services again: %v", plain(err))
 				a.log.Error("openwrt: services left stopped on the device", "services", a.stopped, "error", err)
 				return
 			}
@@ -286,7 +286,7 @@ func (a *attempt) undo(ctx context.Context) {
 				break // the connection is broken: try again on a new one
 			}
 			if err != nil {
-				a.logf(ctx, "Cleanup command failed: %v", err)
+				a.logf(ctx, "Cleanup command failed: %v", plain(err))
 			}
 			done++
 		}

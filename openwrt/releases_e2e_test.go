@@ -82,7 +82,7 @@ func TestEveryReleaseUpgradesThroughTheEngine(t *testing.T) {
 			}
 			// The proof came from the image's metadata (the build names no
 			// release), compared by version and revision.
-			assert.Contains(t, logs, "The device runs \""+e2eRelease+"\"")
+			assert.Contains(t, logs, "success: the device runs \""+e2eRelease+"\" (boot id changed)")
 		})
 	}
 }

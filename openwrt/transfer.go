@@ -73,7 +73,7 @@ func (a *attempt) upload(ctx context.Context) error {
 			} else if cause != nil {
 				err = cause
 			}
-			a.logf(ctx, "Upload via %s failed after %d bytes: %v", m, sent, err)
+			a.logf(ctx, "Upload via %s failed after %d bytes: %v", m, sent, plain(err))
 			return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: upload via %s to %s: %w", m, a.c.addr, err))
 		}
 		a.uploaded = true

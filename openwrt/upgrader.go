@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -102,6 +103,10 @@ type attempt struct {
 	quiet     bool     // a repeated reconnection: its lines are held back in held
 	held      []string // lines held back while quiet, logged if the connection decides
 	verifying bool     // the verifying phase was reported
+	proof     string   // what proveRelease or Verify proved, for the success line
+
+	secretsMu sync.Mutex
+	secrets   []string // the passwords of the credentials: never logged
 
 	cancelUpload context.CancelCauseFunc // stops the upload in progress
 }
@@ -148,9 +153,10 @@ func defaultRemotePath(im upgrader.Image) string {
 	return DefaultRemoteDir + "/" + name
 }
 
-// logf appends a line to the operation's log and to the slog logger.
+// logf appends a line to the operation's log and to the slog logger, with
+// every secret hidden (see redact).
 func (a *attempt) logf(ctx context.Context, format string, args ...any) {
-	line := fmt.Sprintf(format, args...)
+	line := a.redact(fmt.Sprintf(format, args...))
 	a.log.Debug(line)
 	if a.quiet {
 		a.held = append(a.held, line)
@@ -159,6 +165,50 @@ func (a *attempt) logf(ctx context.Context, format string, args ...any) {
 	if err := a.job.Report.Log(context.WithoutCancel(ctx), line); err != nil {
 		a.log.Warn("openwrt: cannot append to the operation log", slog.Any("error", err))
 	}
+}
+
+// redactedMark replaces a secret in a log line.
+const redactedMark = "[redacted]"
+
+// redact hides in s the passwords the attempt was given: device output
+// (a file name, a command line echoed back) may contain one.
+func (a *attempt) redact(s string) string {
+	a.secretsMu.Lock()
+	defer a.secretsMu.Unlock()
+	for _, p := range a.secrets {
+		s = strings.ReplaceAll(s, p, redactedMark)
+	}
+	return s
+}
+
+// addSecret makes redact hide p.
+func (a *attempt) addSecret(p string) {
+	if p == "" {
+		return
+	}
+	a.secretsMu.Lock()
+	defer a.secretsMu.Unlock()
+	if !slices.Contains(a.secrets, p) {
+		a.secrets = append(a.secrets, p)
+	}
+}
+
+// result is the error an Upgrade, Verify or Check ends with, its message
+// tidied for the operation's log (see tidy).
+func (a *attempt) result(err error) error { return tidy(err, a.redact) }
+
+// succeeded says what the attempt proved (the device runs the image): to
+// the engine, which ends the operation with it as its one success line
+// (upgrader.Prover), or, to another Reporter, as a log line of its own.
+func (a *attempt) succeeded(ctx context.Context, proof string) {
+	a.progress(ctx, status.ProgressDone)
+	proof = a.redact(proof)
+	a.log.Info("openwrt: success", "proof", proof)
+	if p, ok := a.job.Report.(upgrader.Prover); ok {
+		p.Proved(proof)
+		return
+	}
+	a.logf(ctx, "success: %s", proof)
 }
 
 func (a *attempt) progress(ctx context.Context, pct int) {
@@ -178,6 +228,7 @@ func (a *attempt) step(ctx context.Context, p status.Phase) error {
 // credentials asks the host for the device's credentials.
 func (a *attempt) credentials(ctx context.Context) (Credentials, error) {
 	creds, err := a.cfg.CredentialsFunc(ctx, a.job.Device)
+	a.addSecret(creds.Password)
 	if err != nil {
 		var ue *upgrader.Error
 		if errors.As(err, &ue) || errors.Is(err, upgrader.ErrCancelled) || ctx.Err() != nil {
@@ -245,7 +296,7 @@ func (u *Upgrader) Upgrade(ctx context.Context, job *upgrader.Job) error {
 	}
 	defer a.close()
 	defer a.cleanup(ctx)
-	return a.upgrade(ctx)
+	return a.result(a.upgrade(ctx))
 }
 
 // prepare reads the operation's options and where the image goes on the
@@ -278,8 +329,7 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	}
 	c, err := a.connect(ctx)
 	if err != nil {
-		a.logf(ctx, "Connection failed: %v", err)
-		return err
+		return err // the engine logs it, with what it does next
 	}
 	a.c = c
 	a.logf(ctx, "Connected to %s", c.addr)
@@ -356,7 +406,7 @@ func (a *attempt) upgrade(ctx context.Context) error {
 	// Only now that the flash is decided: a cancel that won leaves the
 	// device untouched. From here the commands run even if ctx ends.
 	if _, err := a.exec(context.WithoutCancel(ctx), command("rm", "-f", ConfigChecksumFile)); err != nil {
-		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, err)
+		a.logf(ctx, "Could not remove %s: %v", ConfigChecksumFile, plain(err))
 	}
 	if err := a.flash(ctx); err != nil {
 		return err
@@ -428,13 +478,19 @@ func (a *attempt) checkChecksum(ctx context.Context) error {
 	case !found:
 		a.logf(ctx, "Image checksum file not found, proceeding with the upload of the new image")
 	case sum == want:
-		a.logf(ctx, "Firmware already upgraded previously: identical checksum found in %s, upgrade not needed", ChecksumFile)
-		return upgrader.NotNeeded(status.ReasonAlreadyInstalled,
-			fmt.Errorf("openwrt: the device already runs image %s (checksum in %s)", want, ChecksumFile))
+		// The operation's last line says it (see alreadyInstalled).
+		return alreadyInstalled(want)
 	default:
 		a.logf(ctx, "Checksum different, proceeding with the upload of the new image")
 	}
 	return nil
+}
+
+// alreadyInstalled is the verdict on a device whose ChecksumFile holds
+// the image's SHA-256.
+func alreadyInstalled(sum string) error {
+	return upgrader.NotNeeded(status.ReasonAlreadyInstalled,
+		fmt.Errorf("openwrt: image sha256 %s matches %s", sum, ChecksumFile))
 }
 
 func (a *attempt) readBootID(ctx context.Context) (string, error) {
@@ -491,19 +547,17 @@ func (a *attempt) testImage(ctx context.Context) error {
 	}
 	args := append([]string{a.cfg.UpgradeCommand, "--test"}, a.opts.Flags()...)
 	args = append(args, a.remotePath)
-	out, err := a.exec(ctx, command(args...))
+	_, _, err := a.runLogged(ctx, a.cfg.CommandTimeout, command(args...))
 	var ce *CommandError
 	switch {
 	case errors.As(err, &ce):
-		a.logf(ctx, "Image test failed (exit status %d):\n%s", ce.ExitStatus, ce.Output)
-		return upgrader.Aborted(status.ReasonImageInvalid, fmt.Errorf("openwrt: the device refused the image: %w", err))
+		a.logf(ctx, "sysupgrade --test refused the image (exit status %d)", ce.ExitStatus)
+		return upgrader.Aborted(status.ReasonImageInvalid, describe(err,
+			"openwrt: the device refused the image: sysupgrade --test exited with status %d: %s", ce.ExitStatus, lastLine(ce.Output)))
 	case err != nil:
 		return transportError(ctx, "test the image", err)
 	}
-	if out = strings.TrimSpace(out); out != "" {
-		a.logf(ctx, "%s", truncateOutput(out, MaxErrorOutput))
-	}
-	a.logf(ctx, "Sysupgrade test passed successfully, proceeding with the upgrade operation")
+	a.logf(ctx, "sysupgrade --test accepted the image, proceeding with the upgrade")
 	return nil
 }
 

@@ -177,32 +177,38 @@ func (e *Engine) plan(ctx context.Context, req BatchRequest, retried string) (Pl
 		return plan, err
 	}
 	cat := categoryCache{e: e, builds: map[string]store.Build{build.ID: build}, images: map[string]store.Image{}}
-	for _, d := range devices {
-		if err := ctx.Err(); err != nil {
-			return plan, err
-		}
-		entry, inFleet, err := e.planDevice(ctx, req, org, build, images, d, &cat)
+	for chunk := range slices.Chunk(devices, planChunk) {
+		firmware, err := e.firmwareOf(ctx, chunk)
 		if err != nil {
 			return plan, err
 		}
-		if !inFleet {
-			continue
-		}
-		if entry.Skip == "" {
-			if id, ok := busy[d.ID]; ok {
-				entry.Skip, entry.Detail = SkipUpgradeRunning, "operation "+id+" is not finished"
-				if b := inBatch[d.ID]; b != "" {
-					entry.Skip, entry.Detail = SkipInAnotherBatch, "operation "+id+" of batch "+b+" is not finished"
-				}
-			} else if b := inBatch[d.ID]; b != "" {
-				entry.Skip, entry.Detail = SkipInAnotherBatch, "batch "+b+" is still active"
+		for _, d := range chunk {
+			if err := ctx.Err(); err != nil {
+				return plan, err
 			}
-		}
-		if entry.Skip != "" {
-			entry.Image = store.Image{}
-			plan.Skipped = append(plan.Skipped, entry)
-		} else {
-			plan.Selected = append(plan.Selected, entry)
+			entry, inFleet, err := e.planDevice(ctx, req, org, build, images, d, firmware, &cat)
+			if err != nil {
+				return plan, err
+			}
+			if !inFleet {
+				continue
+			}
+			if entry.Skip == "" {
+				if id, ok := busy[d.ID]; ok {
+					entry.Skip, entry.Detail = SkipUpgradeRunning, "operation "+id+" is not finished"
+					if b := inBatch[d.ID]; b != "" {
+						entry.Skip, entry.Detail = SkipInAnotherBatch, "operation "+id+" of batch "+b+" is not finished"
+					}
+				} else if b := inBatch[d.ID]; b != "" {
+					entry.Skip, entry.Detail = SkipInAnotherBatch, "batch "+b+" is still active"
+				}
+			}
+			if entry.Skip != "" {
+				entry.Image = store.Image{}
+				plan.Skipped = append(plan.Skipped, entry)
+			} else {
+				plan.Selected = append(plan.Selected, entry)
+			}
 		}
 	}
 	order := req.Order
@@ -254,6 +260,38 @@ func (e *Engine) onlyAsked(ctx context.Context, req BatchRequest, devices []stor
 	return devices, nil
 }
 
+// planChunk is how many devices' firmware records a plan reads at once.
+const planChunk = 1000
+
+// firmwareOf returns the firmware records of devices, for planDevice: read
+// in one call when the store is a store.DeviceFirmwareLister, else device
+// by device as asked. A device without a record gets store.ErrNotFound.
+func (e *Engine) firmwareOf(ctx context.Context, devices []store.Device) (func(id string) (store.DeviceFirmware, error), error) {
+	l, ok := e.store.(store.DeviceFirmwareLister)
+	if !ok {
+		return func(id string) (store.DeviceFirmware, error) { return e.store.DeviceFirmware(ctx, id) }, nil
+	}
+	ids := make([]string, len(devices))
+	for i, d := range devices {
+		ids[i] = d.ID
+	}
+	list, err := l.ListDeviceFirmware(ctx, ids)
+	if err != nil {
+		return nil, err
+	}
+	byID := make(map[string]store.DeviceFirmware, len(list))
+	for _, df := range list {
+		byID[df.DeviceID] = df
+	}
+	return func(id string) (store.DeviceFirmware, error) {
+		df, ok := byID[id]
+		if !ok {
+			return df, fmt.Errorf("%w: device firmware %q", store.ErrNotFound, id)
+		}
+		return df, nil
+	}, nil
+}
+
 // categoryCache remembers the builds and images read while planning.
 type categoryCache struct {
 	e      *Engine
@@ -285,7 +323,7 @@ func (c *categoryCache) image(ctx context.Context, id string) (store.Image, stor
 // are not part of the build's fleet at all (firmware of another category,
 // or none without Firmwareless).
 func (e *Engine) planDevice(ctx context.Context, req BatchRequest, org string, build store.Build, images []store.Image,
-	d store.Device, cat *categoryCache) (PlanEntry, bool, error) {
+	d store.Device, firmware func(id string) (store.DeviceFirmware, error), cat *categoryCache) (PlanEntry, bool, error) {
 	entry := PlanEntry{Device: d}
 	var fit []store.Image
 	for _, im := range images {
@@ -293,14 +331,15 @@ func (e *Engine) planDevice(ctx context.Context, req BatchRequest, org string, b
 			fit = append(fit, im)
 		}
 	}
-	df, err := e.store.DeviceFirmware(ctx, d.ID)
+	df, err := firmware(d.ID)
 	switch {
 	case errors.Is(err, store.ErrNotFound):
 		if !req.Firmwareless {
 			return entry, false, nil
 		}
 		if len(fit) == 0 {
-			entry.Skip, entry.Detail = SkipNoImageForBoard, fmt.Sprintf("no image of build %s fits model %q, board %q", build.Version, d.Model, d.BoardName)
+			entry.Skip, entry.Detail = SkipNoImageForBoard, fmt.Sprintf("no image of build %s fits model %q, board %q (decided by %s)",
+				build.Version, d.Model, d.BoardName, e.fitDeciders(d))
 			return entry, true, nil
 		}
 		entry.Image = fit[0]
@@ -330,8 +369,8 @@ func (e *Engine) planDevice(ctx context.Context, req BatchRequest, org string, b
 			entry.Image = fit[0]
 		}
 		if entry.Image.ID == "" {
-			entry.Skip, entry.Detail = SkipNoImageForBoard, fmt.Sprintf("build %s has no image of type %q for model %q, board %q",
-				build.Version, cur.Type, d.Model, d.BoardName)
+			entry.Skip, entry.Detail = SkipNoImageForBoard, fmt.Sprintf("build %s has no image of type %q, nor any other, that fits model %q, board %q (decided by %s)",
+				build.Version, cur.Type, d.Model, d.BoardName, e.fitDeciders(d))
 			return entry, true, nil
 		}
 	}

@@ -19,8 +19,10 @@ import (
 // Config.MaxImageSize.
 var ErrImageTooLarge = errors.New("upgrader: image too large")
 
-// ErrUnknownImageType is returned by UploadImage for an image whose type is
-// not in the image map and whose own metadata names no boards.
+// ErrUnknownImageType is returned by UploadImage for an image whose type
+// nobody knows: not in the image map, no boards in its own metadata, and no
+// registered ImageMatcher knows it; or one Config.Compatibility.KnowsFunc
+// refused.
 var ErrUnknownImageType = errors.New("upgrader: unknown image type")
 
 // CreateCategory stores a new category (see store.Categories).
@@ -50,9 +52,11 @@ func (e *Engine) CreateImage(ctx context.Context, im store.Image, r io.Reader) (
 //
 // It refuses, storing nothing: an image larger than Config.MaxImageSize
 // (ErrImageTooLarge), an empty image or one whose fwtool metadata is corrupt
-// or fails its CRC (ErrImageInvalid), an image type that is not in
-// Config.ImageMap unless the image's own metadata names its boards
-// (ErrUnknownImageType), and whatever the store refuses. Metadata is read
+// or fails its CRC (ErrImageInvalid), an image type that nobody knows
+// (ErrUnknownImageType: not in Config.ImageMap, no boards in the image's own
+// metadata, and no registered upgrader's ImageMatcher.KnowsImage accepts it;
+// Config.Compatibility.KnowsFunc, when it decides, overrides all of these),
+// and whatever the store refuses. Metadata is read
 // as sysupgrade reads it (imagemap.Metadata.Boards): new_supported_devices
 // when present, and no boards from the message an image with a
 // compat_version other than 1.0 carries in supported_devices.
@@ -72,7 +76,8 @@ func (e *Engine) UploadImage(ctx context.Context, im store.Image, r io.Reader) (
 	if err := im.Validate(); err != nil {
 		return store.Image{}, err
 	}
-	if _, err := e.store.Build(ctx, im.BuildID); err != nil {
+	build, err := e.store.Build(ctx, im.BuildID)
+	if err != nil {
 		return store.Image{}, fmt.Errorf("upgrader: build %q: %w", im.BuildID, err)
 	}
 
@@ -125,8 +130,8 @@ func (e *Engine) UploadImage(ctx context.Context, im store.Image, r io.Reader) (
 			}
 		}
 	}
-	if _, ok := e.cfg.ImageMap.Entry(im.Type); !ok && len(im.Boards) == 0 {
-		return store.Image{}, fmt.Errorf("%w: %q is not in the image map and the image's metadata names no boards", ErrUnknownImageType, im.Type)
+	if err := e.checkImageKnown(ctx, im, build); err != nil {
+		return store.Image{}, err
 	}
 	created, err := e.store.CreateImage(ctx, im)
 	if err != nil {

@@ -228,6 +228,12 @@ type Config struct {
 	// ImageMap decides which image types fit which boards. Defaults to
 	// imagemap.OpenWrt().
 	ImageMap *imagemap.Map
+	// Compatibility lets the host decide which images fit which devices,
+	// and which image types UploadImage accepts, before the devices'
+	// upgraders (ImageMatcher) and ImageMap do. Defaults to deciding
+	// nothing: the upgraders and ImageMap decide. See Compatibility for the
+	// precedence.
+	Compatibility Compatibility
 	// Files holds the images' bytes. Defaults to a new MemFiles.
 	Files Files
 	// MaxImageSize refuses larger images in CreateImage. Defaults to

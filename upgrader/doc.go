@@ -10,8 +10,11 @@
 // [Registry]; the openwrt package provides the OpenWrt-over-SSH upgrader,
 // and upgrader/upgradertest the suite a custom upgrader passes. An attempt
 // reports through its [Reporter] and returns nil or an error classified with
-// [Aborted], [NotNeeded], [Recoverable] or [Failed]. Image bytes live in
-// [Files] ([MemFiles], [DirFiles], or the host's own).
+// [Aborted], [NotNeeded], [Recoverable] or [Failed]; it says what proved
+// its success with [Prover]. Image bytes live in [Files] ([MemFiles],
+// [DirFiles], or the host's own). An upgrader for devices whose images are in
+// no OpenWrt image map also implements [ImageMatcher]; a host may decide
+// compatibility itself with Config.Compatibility ([Compatibility]).
 //
 // # Running operations
 //
@@ -57,8 +60,10 @@
 //
 // A request is refused ([RefusedError], nothing stored) when the device is
 // deactivated, the image is of another organization, the image does not fit
-// the device's board (Config.ImageMap or the image's own metadata), its
-// options are invalid, or the device already has an operation under way.
+// the device ([Engine.Fits]: Config.Compatibility, else the device's
+// upgrader when it is an ImageMatcher, else Config.ImageMap or the image's
+// own metadata), its options are invalid, or the device already has an
+// operation under way.
 //
 // # Outcomes
 //

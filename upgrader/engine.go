@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync"
 	"time"
 
@@ -252,7 +251,7 @@ type OptionsValidator interface {
 // Create checks req and stores a new pending operation for it, without
 // running it. It refuses (a *RefusedError, nothing stored) when the device is
 // deactivated, the image is of another organization than the device, the
-// image does not fit the device's board, the options are invalid for the
+// image does not fit the device (Engine.Fits), the options are invalid for the
 // device's upgrader, or the device has an operation that is not terminal.
 // A device whose connection kind has no upgrader is not refused here: its
 // operation ends aborted with status.ReasonUnknownConnection when it runs.
@@ -295,31 +294,11 @@ func (e *Engine) checkFit(d store.Device, im store.Image) error {
 		return refuse(status.ReasonOrganizationMismatch,
 			"image %s belongs to organization %q, device %s to %q", im.ID, im.Organization, d.ID, d.Organization)
 	}
-	if !e.Fits(im, d) {
+	if fits, rule := e.fit(im, d); !fits {
 		return refuse(status.ReasonNoImageForBoard,
-			"image type %q does not fit device %s (model %q, board %q)", im.Type, d.ID, d.Model, d.BoardName)
+			"image type %q does not fit device %s (model %q, board %q), as %s decided", im.Type, d.ID, d.Model, d.BoardName, rule)
 	}
 	return nil
-}
-
-// Fits reports whether image im was built for device d's board: its type is
-// in the image map for d's model or board name, or the boards the image
-// declares itself (Image.Boards, from its metadata) include one of them. A
-// device that reports neither model nor board name fits nothing.
-func (e *Engine) Fits(im store.Image, d store.Device) bool {
-	if strings.TrimSpace(d.Model) == "" && strings.TrimSpace(d.BoardName) == "" {
-		return false
-	}
-	if e.cfg.ImageMap.Fits(im.Type, d.Model, d.BoardName) {
-		return true
-	}
-	for _, b := range im.Boards {
-		b = strings.TrimSpace(b)
-		if b != "" && (strings.EqualFold(b, strings.TrimSpace(d.BoardName)) || strings.EqualFold(b, strings.TrimSpace(d.Model))) {
-			return true
-		}
-	}
-	return false
 }
 
 // Upgrade creates the operation for req (see Create) and runs it in the

@@ -59,14 +59,14 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 	// the operation unended (the attempt below sees ctx and ends it).
 	d, err := e.store.Device(c.wctx, op.DeviceID)
 	if errors.Is(err, store.ErrNotFound) {
-		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("device %s: %v", op.DeviceID, err))
+		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("device %s: %s", op.DeviceID, message(err)))
 	}
 	if err != nil {
 		return op, time.Time{}, err
 	}
 	img, err := e.image(c.wctx, op.ImageID)
 	if errors.Is(err, store.ErrNotFound) {
-		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("image %s: %v", op.ImageID, err))
+		return e.endWith(c, op, status.Aborted, status.ReasonUpgraderError, fmt.Sprintf("image %s: %s", op.ImageID, message(err)))
 	}
 	if err != nil {
 		return op, time.Time{}, err
@@ -95,7 +95,7 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 		lines = append(lines, fmt.Sprintf("attempt %d was interrupted in phase %s: its engine stopped renewing the lease", op.Attempt, op.Phase))
 		if op.Attempt > e.cfg.Retry.MaxRetries {
 			return e.endWith(c, op, status.Failed, status.ReasonMaxRetriesExceeded,
-				fmt.Sprintf("max retries exceeded after %d attempts, the last one interrupted (%s)", op.Attempt, status.ReasonWorkerLost))
+				fmt.Sprintf("%d attempts, the last one interrupted (%s)", op.Attempt, status.ReasonWorkerLost))
 		}
 	}
 	attempt := op.Attempt + 1
@@ -129,9 +129,10 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 	c.setCancel(cancelCause)
 	defer c.setCancel(nil)
 
-	job := &Job{Operation: started, Device: d, Image: img, Report: &reporter{e: e, c: c, op: started}}
+	rep := &reporter{e: e, c: c, op: started}
+	job := &Job{Operation: started, Device: d, Image: img, Report: rep}
 	uerr := e.callUpgrade(actx, u, job)
-	return e.finish(ctx, actx, c, started, job, uerr)
+	return e.finish(ctx, actx, c, started, job, rep.proved(), uerr)
 }
 
 // attemptChecks repeats, at the start of every attempt, what Create checks:
@@ -141,13 +142,16 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 func (e *Engine) attemptChecks(ctx context.Context, d store.Device, img Image, opts json.RawMessage, u Upgrader) (status.Reason, string) {
 	if err := e.checkFit(d, img.Image); err != nil {
 		var re *RefusedError
-		if errors.As(err, &re) {
-			return re.Reason, re.Err.Error()
+		if errors.As(err, &re) && re.Err != nil {
+			return re.Reason, message(re.Err)
 		}
-		return status.ReasonUpgraderError, err.Error()
+		if errors.As(err, &re) {
+			return re.Reason, ""
+		}
+		return status.ReasonUpgraderError, message(err)
 	}
 	if err := validateOptions(u, opts); err != nil {
-		return status.ReasonInvalidOptions, err.Error()
+		return status.ReasonInvalidOptions, message(err)
 	}
 	rc, err := img.Open(ctx)
 	if errors.Is(err, ErrFileNotFound) || errors.Is(err, fs.ErrNotExist) {
@@ -195,8 +199,9 @@ func (e *Engine) callVerify(ctx context.Context, v Verifier, job *Job) (err erro
 	return v.Verify(ctx, job)
 }
 
-// finish ends or reschedules the operation after an attempt returned uerr.
-func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Operation, job *Job, uerr error) (store.Operation, time.Time, error) {
+// finish ends or reschedules the operation after an attempt returned uerr;
+// proof is what the upgrader said it proved (Prover), if anything.
+func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Operation, job *Job, proof string, uerr error) (store.Operation, time.Time, error) {
 	cause := context.Cause(actx)
 	if c.gone() || errors.Is(cause, ErrLeaseLost) || errors.Is(uerr, ErrLeaseLost) {
 		return e.current(started) // another engine owns it now: write nothing
@@ -215,12 +220,13 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 	pastFlash := op.Phase.AfterPointOfNoReturn()
 
 	if uerr == nil {
-		return e.succeed(c, op, status.ReasonNone, "upgrade successful")
+		return e.succeed(c, op, status.ReasonNone, successDetail(proof, job.Image))
 	}
 	kind, reason := Classify(uerr)
+	msg := message(uerr)
 	switch {
 	case kind == KindNotNeeded:
-		return e.succeed(c, op, reason, fmt.Sprintf("not needed: %v", uerr))
+		return e.succeed(c, op, reason, msg)
 	case actx.Err() != nil && ctx.Err() == nil && errors.Is(cause, context.DeadlineExceeded):
 		op, err := e.timeout(ctx, c, op, job) // ctx: a Stop interrupts the verification
 		return op, time.Time{}, err
@@ -229,14 +235,17 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 	case kind == KindCancelled || errors.Is(cause, ErrCancelled):
 		if pastFlash {
 			return e.endWith(c, op, status.Failed, status.ReasonUpgraderError,
-				fmt.Sprintf("upgrader reported a cancel after flashing started: %v", uerr))
+				fmt.Sprintf("the upgrader reported a cancel after flashing started (%s)", msg))
 		}
-		return e.endWith(c, op, status.Cancelled, status.ReasonCancelledByUser, "cancelled")
+		return e.endWith(c, op, status.Cancelled, status.ReasonCancelledByUser, "")
 	case pastFlash:
 		if reason.Retryable() || kind == KindAborted {
+			// The upgrader's own reason, which cannot end an operation
+			// past the point of no return, stays in the line.
+			msg = fmt.Sprintf("%s (%s after flashing started)", msg, reason)
 			reason = status.ReasonFlashFailed
 		}
-		return e.endWith(c, op, status.Failed, reason, fmt.Sprintf("failed after flashing started: %v", uerr))
+		return e.endWith(c, op, status.Failed, reason, msg)
 	case kind == KindRecoverable && reason == status.ReasonConnectionFailed && op.BatchID != "" && !e.cfg.Offline.Disabled:
 		return e.waitOffline(c, op, uerr)
 	case kind == KindRecoverable:
@@ -244,15 +253,28 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 			return e.retryLater(c, op, reason, uerr)
 		}
 		if reason.Outcome() == status.Aborted {
-			return e.endWith(c, op, status.Aborted, reason, fmt.Sprintf("giving up after %d attempts: %v", op.Attempt, uerr))
+			return e.endWith(c, op, status.Aborted, reason, fmt.Sprintf("gave up after %d attempts: %s", op.Attempt, msg))
 		}
 		return e.endWith(c, op, status.Failed, status.ReasonMaxRetriesExceeded,
-			fmt.Sprintf("max retries exceeded after %d attempts, last failure (%s): %v", op.Attempt, reason, uerr))
+			fmt.Sprintf("%d attempts, the last one %s: %s", op.Attempt, reason, msg))
 	case kind == KindAborted:
-		return e.endWith(c, op, status.Aborted, reason, fmt.Sprintf("aborted: %v", uerr))
+		return e.endWith(c, op, status.Aborted, reason, msg)
 	default:
-		return e.endWith(c, op, status.Failed, reason, fmt.Sprintf("failed: %v", uerr))
+		return e.endWith(c, op, status.Failed, reason, msg)
 	}
+}
+
+// successDetail is what a success line says was proven: the upgrader's
+// proof (Prover), else that the upgrader reported the image installed.
+func successDetail(proof string, img Image) string {
+	if proof != "" {
+		return proof
+	}
+	name := img.Name
+	if name == "" {
+		name = img.ID
+	}
+	return fmt.Sprintf("the upgrader reports that the device runs image %s", name)
 }
 
 // retryLater schedules the next attempt in the store (NextAttemptAt): the
@@ -261,8 +283,8 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 func (e *Engine) retryLater(c *claim, op store.Operation, reason status.Reason, uerr error) (store.Operation, time.Time, error) {
 	d := e.cfg.Retry.Delay(op.Attempt)
 	at := e.cfg.Now().Add(d) // for this engine's wake-up; the store sets the due time on its own clock
-	line := fmt.Sprintf("recoverable failure (%s): %v; retrying in %s (retry %d of %d)",
-		reason, uerr, d.Round(time.Millisecond), op.Attempt, e.cfg.Retry.MaxRetries)
+	line := fmt.Sprintf("recoverable failure (%s): %s; retrying in %s (retry %d of %d)",
+		reason, message(uerr), d.Round(time.Millisecond), op.Attempt, e.cfg.Retry.MaxRetries)
 	var upd store.Operation
 	err := e.persist(c, func(ctx context.Context) (err error) {
 		upd, err = e.store.UpdateOperation(ctx, op.ID, store.OperationUpdate{
@@ -287,11 +309,11 @@ func (e *Engine) waitOffline(c *claim, op store.Operation, uerr error) (store.Op
 	offline := max(e.cfg.Now().Sub(op.StartedAt), 0)
 	if w := e.cfg.Offline.MaxWait; w > 0 && offline >= w {
 		return e.endWith(c, op, status.Failed, status.ReasonConnectionFailed,
-			fmt.Sprintf("device unreachable for %s, longer than the offline limit (%s): %v", offline.Round(time.Second), w, uerr))
+			fmt.Sprintf("device unreachable for %s, longer than the offline limit (%s): %s", offline.Round(time.Second), w, message(uerr)))
 	}
 	d := e.cfg.Offline.Delay(offline)
 	at := e.cfg.Now().Add(d)
-	line := fmt.Sprintf("device unreachable (%v); waiting for it: next try in %s", uerr, d.Round(time.Second))
+	line := fmt.Sprintf("device unreachable (%s); waiting for it: next try in %s", message(uerr), d.Round(time.Second))
 	var upd store.Operation
 	err := e.persist(c, func(ctx context.Context) (err error) {
 		upd, err = e.store.UpdateOperation(ctx, op.ID, store.OperationUpdate{
@@ -332,23 +354,26 @@ func (e *Engine) interrupted(ctx context.Context, c *claim, op store.Operation) 
 		op, err := e.timeout(ctx, c, op, nil)
 		return op, time.Time{}, err
 	}
-	return e.endWith(c, op, status.Cancelled, status.ReasonCancelledByUser, "cancelled: the caller's context ended")
+	return e.endWith(c, op, status.Cancelled, status.ReasonCancelledByUser, "the caller's context ended")
 }
 
 // timeout ends an operation whose deadline passed: at or after flashing it
 // is verified first.
 func (e *Engine) timeout(ctx context.Context, c *claim, op store.Operation, job *Job) (store.Operation, error) {
 	if op.Phase.AfterPointOfNoReturn() && op.State == status.InProgress {
-		ok, line := e.verify(ctx, c, op, job)
+		if !e.note(c, op, "deadline passed after flashing: verifying the outcome") {
+			cur, _, err := e.current(op)
+			return cur, err
+		}
+		ok, detail := e.verify(ctx, c, op, job)
 		if !ok && (stopping(ctx) || c.gone()) {
 			return op, nil // left for the next claim to verify
 		}
-		line = "deadline passed after flashing; " + line
 		if ok {
-			op, _, err := e.succeed(c, op, status.ReasonNone, line)
+			op, _, err := e.succeed(c, op, status.ReasonNone, detail)
 			return op, err
 		}
-		op, _, err := e.endWith(c, op, status.Failed, status.ReasonTimeout, line)
+		op, _, err := e.endWith(c, op, status.Failed, status.ReasonTimeout, detail)
 		return op, err
 	}
 	op, _, err := e.endWith(c, op, status.Failed, status.ReasonTimeout,
@@ -357,7 +382,8 @@ func (e *Engine) timeout(ctx context.Context, c *claim, op store.Operation, job 
 }
 
 // verify asks the device's Verifier whether the flash succeeded. It returns
-// the verdict and a log line.
+// the verdict and what it rests on: the proof of a success (see Prover), or
+// why the flash could not be proven.
 //
 // The verification ends with ctx (a Stop interrupts it, see stopping),
 // except when ctx is already done on entry: a caller that gave up still gets
@@ -380,11 +406,11 @@ func (e *Engine) verify(ctx context.Context, c *claim, op store.Operation, job *
 	if job == nil {
 		d, err := e.store.Device(vctx, op.DeviceID)
 		if err != nil {
-			return false, fmt.Sprintf("cannot verify: %v", err)
+			return false, fmt.Sprintf("cannot verify: %s", message(err))
 		}
 		img, err := e.image(vctx, op.ImageID)
 		if err != nil {
-			return false, fmt.Sprintf("cannot verify: %v", err)
+			return false, fmt.Sprintf("cannot verify: %s", message(err))
 		}
 		job = &Job{Operation: op, Device: d, Image: img}
 	}
@@ -395,30 +421,44 @@ func (e *Engine) verify(ctx context.Context, c *claim, op store.Operation, job *
 	}
 	j := *job
 	j.Operation = op
-	j.Report = &reporter{e: e, c: c, op: op, verifying: true}
+	rep := &reporter{e: e, c: c, op: op, verifying: true}
+	j.Report = rep
 	if err := e.callVerify(vctx, v, &j); err != nil {
-		return false, fmt.Sprintf("verification failed: %v", err)
+		return false, fmt.Sprintf("verification failed: %s", message(err))
 	}
-	return true, "verified: the device runs the new firmware"
+	return true, successDetail(rep.proved(), j.Image)
 }
 
 // verifyInterrupted ends an operation found at or after flashing with no
 // attempt running (its engine crashed or stopped): it is verified, never
 // flashed again.
 func (e *Engine) verifyInterrupted(ctx context.Context, c *claim, op store.Operation, d store.Device, img Image) (store.Operation, time.Time, error) {
-	const line = "resuming an operation interrupted after flashing started: verifying"
-	e.logEvent(op, line)
-	if err := e.store.AppendLog(ctx, op.ID, c.token, line); errors.Is(err, store.ErrStaleToken) {
+	if !e.note(c, op, "resuming an operation interrupted after flashing started: verifying") {
 		return e.current(op)
 	}
-	ok, vline := e.verify(ctx, c, op, &Job{Operation: op, Device: d, Image: img})
+	ok, detail := e.verify(ctx, c, op, &Job{Operation: op, Device: d, Image: img})
 	if ok {
-		return e.succeed(c, op, status.ReasonNone, vline)
+		return e.succeed(c, op, status.ReasonNone, detail)
 	}
 	if stopping(ctx) || c.gone() {
 		return op, time.Time{}, nil // left for the next claim to verify
 	}
-	return e.endWith(c, op, status.Failed, status.ReasonWorkerLost, vline)
+	return e.endWith(c, op, status.Failed, status.ReasonWorkerLost, detail)
+}
+
+// note appends line to the operation's log under the claim. It reports
+// false when the claim was lost (another engine owns the operation now);
+// a line the store could not take is only missing from the log.
+func (e *Engine) note(c *claim, op store.Operation, line string) bool {
+	wctx, cancel := context.WithTimeout(c.wctx, writeTimeout)
+	defer cancel()
+	err := e.store.AppendLog(wctx, op.ID, c.token, line)
+	if errors.Is(err, store.ErrStaleToken) {
+		c.markLost()
+		return false
+	}
+	e.logEvent(op, store.TruncateLogLine(line))
+	return true
 }
 
 // stopping reports whether ctx ended because the engine is stopping.
@@ -428,30 +468,33 @@ func stopping(ctx context.Context) bool {
 
 // succeed records the device's firmware, then ends op in success: a host
 // that sees the success (through Wait, an event, or the store from another
-// process) finds the firmware record already written.
-func (e *Engine) succeed(c *claim, op store.Operation, reason status.Reason, line string) (store.Operation, time.Time, error) {
+// process) finds the firmware record already written. detail is what was
+// proven (or, not needed, why).
+func (e *Engine) succeed(c *claim, op store.Operation, reason status.Reason, detail string) (store.Operation, time.Time, error) {
 	err := e.persist(c, func(ctx context.Context) error { return e.installed(ctx, op) })
 	if err != nil && !c.gone() {
 		e.log.Warn("recording the device firmware failed", slog.String("operation", op.ID), slog.Any("error", err))
-		line += fmt.Sprintf(" (warning: recording the device firmware failed: %v)", err)
+		detail += fmt.Sprintf(" (warning: recording the device firmware failed: %v)", err)
 	}
-	return e.endWith(c, op, status.Success, reason, line)
+	return e.endWith(c, op, status.Success, reason, detail)
 }
 
-// endWith moves op into a terminal state, with the claim's token. If the
+// endWith moves op into a terminal state, with the claim's token, and logs
+// one line: the outcome as it ended (see endLine), then detail. If the
 // operation changed meanwhile (a cancel won, another step moved it), it
 // looks again a few times: an operation that ended is returned as it is; one
 // that went past the point of no return can only end failed, not cancelled
 // or aborted. A store that keeps failing is retried with backoff until the
 // write lands, the lease is lost or the engine stops for good: an operation
 // is never left in progress by one failed write.
-func (e *Engine) endWith(c *claim, op store.Operation, to status.State, reason status.Reason, line string) (store.Operation, time.Time, error) {
+func (e *Engine) endWith(c *claim, op store.Operation, to status.State, reason status.Reason, detail string) (store.Operation, time.Time, error) {
 	var err error
 	for range 5 {
 		target := to
 		if (target == status.Aborted || target == status.Cancelled) && op.Phase.AfterPointOfNoReturn() {
 			target = status.Failed
 		}
+		line := endLine(target, reason, detail)
 		u := store.OperationUpdate{From: op.State, State: target, Reason: reason, Log: []string{line}, Token: c.token}
 		if target == status.Success {
 			u.Progress = store.Ptr(status.ProgressDone)

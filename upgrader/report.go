@@ -5,10 +5,26 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 )
+
+// Prover is implemented by the engine's Reporter; find it with a type
+// assertion on Job.Report (other Reporters, a test's, may not have it).
+//
+// An upgrader that proved the device runs the image calls Proved with what
+// it proved, just before Upgrade or Verify returns nil, for example
+// `the device runs "OpenWrt 23.05.3 r23809-234f1a2efa" (boot id changed)`.
+// The engine ends the operation with one success line saying it:
+// "success: " followed by proof. It must not log a success line of its
+// own then. An upgrader that does not call Proved gets a generic success
+// line; one whose Upgrade returns an error has its proof ignored.
+type Prover interface {
+	Proved(proof string)
+}
 
 // reporter is the engine's Reporter for one attempt.
 type reporter struct {
@@ -16,9 +32,28 @@ type reporter struct {
 	c         *claim          // the claim the attempt runs under: its token fences every write
 	op        store.Operation // as the attempt started
 	verifying bool            // a Verify call: phases stay at or after flashing
+
+	mu    sync.Mutex
+	proof string // what the upgrader proved (Proved)
 }
 
-var _ Reporter = (*reporter)(nil)
+var (
+	_ Reporter = (*reporter)(nil)
+	_ Prover   = (*reporter)(nil)
+)
+
+func (r *reporter) Proved(proof string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.proof = strings.TrimSpace(proof)
+}
+
+// proved returns what the upgrader said it proved, "" when it said nothing.
+func (r *reporter) proved() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.proof
+}
 
 func (r *reporter) Phase(ctx context.Context, p status.Phase) error {
 	if !p.Valid() || p == status.PhaseNone {

@@ -176,7 +176,7 @@ func testRestart(t *testing.T, sig syscall.Signal) {
 		assert.LessOrEqual(t, len(dev.Flashes()), 1, "device %s flashed more than once", op.DeviceID)
 		logs := logLines(after.logs[op.ID])
 		if !assert.Equal(t, status.Success, op.State, "operation %s (%s %s):\n%s", op.ID, op.State, op.Reason, logs) {
-			if op.Reason == status.ReasonUpgraderError && strings.Contains(logs, "failed: store/postgres") {
+			if op.Reason == status.ReasonUpgraderError && strings.Contains(logs, "failed (upgrader-error): store/postgres") {
 				t.Errorf("operation %s failed for good on a transient store error during the restart (see TestTransientStoreErrorAtCancelCheckpoint)", op.ID)
 			}
 			continue
