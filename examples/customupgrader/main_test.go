@@ -14,12 +14,16 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/goleak"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 	"github.com/fwupgrader/fwupgrader/upgrader/upgradertest"
 )
+
+// TestMain fails the run when a test leaves a goroutine running.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // TestRun runs the example: every camera of the fleet ends the batch in
 // success, running the new firmware by its own account.

@@ -73,9 +73,7 @@ func setup(t *testing.T, cfg openwrttest.Config) *env {
 // parallel tests) and stops the PostgreSQL cluster the tests started.
 func TestMain(m *testing.M) {
 	os.Setenv("FWUPGRADE_TEST_PASSWORD", openwrttest.DefaultPassword)
-	code := m.Run()
-	pgtest.Stop()
-	os.Exit(code)
+	pgtest.Main(m)
 }
 
 func (e *env) args(extra ...string) []string {

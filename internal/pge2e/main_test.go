@@ -25,14 +25,9 @@
 package pge2e_test
 
 import (
-	"os"
 	"testing"
 
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	pgtest.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { pgtest.Main(m) }

@@ -11,7 +11,11 @@ import (
 	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 	"github.com/fwupgrader/fwupgrader/upgrader/upgradertest"
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the run when a test leaves a goroutine running.
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 // verifiedFake is a Fake whose Verify tells the truth: a device whose
 // operation never got past PhaseFlashing does not run the image. (The

@@ -6,13 +6,10 @@
 // looked for in /usr/lib/postgresql/*/bin (the newest version first) and on
 // PATH; running as root, they run as the postgres user. The cluster listens
 // only on a Unix socket in a temporary directory (no TCP), with fsync off, and
-// is stopped by Stop, which the test package's TestMain calls after m.Run:
+// is stopped by Stop, which the test package's TestMain calls after m.Run;
+// Main does that, and also checks that the tests left no goroutine running:
 //
-//	func TestMain(m *testing.M) {
-//		code := m.Run()
-//		pgtest.Stop()
-//		os.Exit(code)
-//	}
+//	func TestMain(m *testing.M) { pgtest.Main(m) }
 //
 // Should the test binary die without calling Stop, the kernel stops the
 // server (a parent-death signal), and the next start removes what it left.
@@ -28,11 +25,13 @@ package pgtest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"sync"
 	"testing"
 
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/goleak"
 )
 
 // Environment variables.
@@ -108,6 +107,22 @@ func Stop() {
 	}
 	srv.remove()
 	srv = nil
+}
+
+// Main runs a test package's tests, stops the cluster (Stop), then fails the
+// run when a goroutine the tests started is still running (goleak.Find with
+// opts: a Listen not ended, a pool not closed, an engine not stopped), and
+// exits. Call it from TestMain.
+func Main(m *testing.M, opts ...goleak.Option) {
+	code := m.Run()
+	Stop()
+	if code == 0 {
+		if err := goleak.Find(opts...); err != nil {
+			fmt.Fprintln(os.Stderr, "pgtest: goroutines left running after the tests:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
 }
 
 // startShared starts the cluster of URL and Start.

@@ -18,11 +18,7 @@ import (
 	"github.com/fwupgrader/fwupgrader/storeadapters/postgres/pgtest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	pgtest.Stop()
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { pgtest.Main(m) }
 
 func setting(t *testing.T, q interface {
 	QueryRow(context.Context, string, ...any) pgx.Row
