@@ -185,8 +185,24 @@ func (a *attempt) checkImageFits(ctx context.Context) error {
 	return err
 }
 
+// checkReportedBoard refuses, for an image whose metadata names no board, a
+// device that reports a board name other than its record's when the engine
+// chose the image by the record's (upgrader.Job.WrongBoard).
+func (a *attempt) checkReportedBoard(ctx context.Context) error {
+	if a.job.WrongBoard == nil || !a.job.WrongBoard(a.board) {
+		return nil
+	}
+	a.logf(ctx, "The device reports board %q, its record says %q: the image was chosen for the record's board and does not fit the device's",
+		a.board, a.job.Device.BoardName)
+	return upgrader.Aborted(status.ReasonNoImageForBoard,
+		fmt.Errorf("openwrt: the device's board is %q, not %q as its record says, and image type %q is not for it",
+			a.board, a.job.Device.BoardName, a.job.Image.Type))
+}
+
 // checkImageBoard reads the image's fwtool metadata into a.meta and
-// refuses a device whose board name it does not list (see checkImageFits).
+// refuses a device whose board name it does not list (see checkImageFits);
+// for an image without boards in its metadata, it asks the engine
+// (checkReportedBoard).
 func (a *attempt) checkImageBoard(ctx context.Context) error {
 	md, err := a.imageMetadata(ctx)
 	switch {
@@ -199,15 +215,17 @@ func (a *attempt) checkImageBoard(ctx context.Context) error {
 		}
 		return upgrader.Recoverable(status.ReasonUploadFailed, fmt.Errorf("openwrt: read the image: %w", err))
 	case md == nil:
-		return nil
+		return a.checkReportedBoard(ctx)
 	}
 	a.meta = md
-	if boards := md.Boards(); len(boards) > 0 {
-		if !md.Supports(a.board) {
-			a.logf(ctx, "The image is for %s, the device's board is %q: refused (even with -F)", strings.Join(boards, ", "), a.board)
-			return upgrader.Aborted(status.ReasonNoImageForBoard,
-				fmt.Errorf("openwrt: the image's metadata lists %s, not the device's board %q", strings.Join(boards, ", "), a.board))
-		}
+	boards := md.Boards()
+	if len(boards) == 0 {
+		return a.checkReportedBoard(ctx)
+	}
+	if !md.Supports(a.board) {
+		a.logf(ctx, "The image is for %s, the device's board is %q: refused (even with -F)", strings.Join(boards, ", "), a.board)
+		return upgrader.Aborted(status.ReasonNoImageForBoard,
+			fmt.Errorf("openwrt: the image's metadata lists %s, not the device's board %q", strings.Join(boards, ", "), a.board))
 	}
 	return nil
 }

@@ -117,7 +117,7 @@ func (e *Engine) checkDevice(ctx context.Context, d store.Device, im store.Image
 	job := &Job{
 		Operation: store.Operation{DeviceID: d.ID, ImageID: im.ID, Organization: d.Organization, State: status.Pending,
 			Options: req.Options, Attempt: 1},
-		Device: d, Image: img, Report: rep,
+		Device: d, Image: img, Report: rep, WrongBoard: e.wrongBoard(img.Image, d),
 	}
 	checks, cerr := callCheck(ctx, ch, job)
 	out := &DeviceCheck{Checks: checks, Log: rep.lines()}

@@ -130,7 +130,7 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 	defer c.setCancel(nil)
 
 	rep := &reporter{e: e, c: c, op: started}
-	job := &Job{Operation: started, Device: d, Image: img, Report: rep}
+	job := &Job{Operation: started, Device: d, Image: img, Report: rep, WrongBoard: e.wrongBoard(img.Image, d)}
 	uerr := e.callUpgrade(actx, u, job)
 	return e.finish(ctx, actx, c, started, job, rep.proved(), uerr)
 }

@@ -147,6 +147,22 @@ func (e *Engine) Fits(im store.Image, d store.Device) bool {
 	return ok
 }
 
+// wrongBoard returns Job.WrongBoard for im on d: true for a reported board
+// name the image does not fit when the image fits d's recorded board name
+// alone (by any rule). Whether the image fits by d's model is left out on
+// both sides: the record's model is as suspect as its board name.
+func (e *Engine) wrongBoard(im store.Image, d store.Device) func(board string) bool {
+	return func(board string) bool {
+		board = strings.TrimSpace(board)
+		if board == "" || strings.EqualFold(board, strings.TrimSpace(d.BoardName)) {
+			return false
+		}
+		byRecord, reported := d, d
+		byRecord.Model, reported.Model, reported.BoardName = "", "", board
+		return e.Fits(im, byRecord) && !e.Fits(im, reported)
+	}
+}
+
 // fit is Fits, with who decided.
 func (e *Engine) fit(im store.Image, d store.Device) (bool, fitRule) {
 	if f := e.cfg.Compatibility.FitsFunc; f != nil {

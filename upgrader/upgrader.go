@@ -49,6 +49,14 @@ type Job struct {
 	Device    store.Device
 	Image     Image
 	Report    Reporter
+	// WrongBoard, when set, reports whether a device that says its board
+	// name is board must be refused the image: the image was chosen for
+	// the board name in the device's record (Engine.Fits decides by it)
+	// and does not fit board. An upgrader that reads the board name from
+	// the device calls it before sending anything, so that a wrong record
+	// cannot bring a wrong image to a device (an image without metadata of
+	// its own to say which boards it is for).
+	WrongBoard func(board string) bool
 }
 
 // Image is the firmware image of a Job.
