@@ -490,22 +490,17 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 		return store.Operation{}, err
 	}
 	var out store.Operation
-	err := s.tx(ctx, func(tx pgx.Tx) error {
-		// A change of state may change the batch: it is locked at once.
-		op, b, t, err := s.lockOpBatchNow(ctx, tx, id, u.State != "")
+	// A change of state may change the batch: it is locked at once.
+	err := s.onOp(ctx, id, u.State != "", func(l *opLock, q *queue) error {
+		next, err := s.update(ctx, nil, q, l.op, u, l.t, l.b)
 		if err != nil {
 			return err
 		}
-		var q queue
-		next, err := s.update(ctx, tx, &q, op, u, t, b)
-		if err != nil {
-			return err
-		}
-		if err := s.notifyCancelled(ctx, &q, []store.Operation{op}, []store.Operation{next}); err != nil {
+		if err := s.notifyCancelled(ctx, q, []store.Operation{l.op}, []store.Operation{next}); err != nil {
 			return err
 		}
 		out = next
-		return q.send(ctx, tx)
+		return nil
 	})
 	if err != nil {
 		return store.Operation{}, err
@@ -516,7 +511,7 @@ func (s *Store) UpdateOperation(ctx context.Context, id string, u store.Operatio
 // update applies u to op (its row locked) at t and queues in q the writes
 // of the result, its log lines and, when its state changed, its batch: b
 // when the caller holds it locked and loaded, otherwise locked and loaded
-// here with tx.
+// here with tx (which may be nil when the caller locked the batch, if any).
 func (s *Store) update(ctx context.Context, tx pgx.Tx, q *queue, op store.Operation, u store.OperationUpdate, t time.Time, b *store.Batch) (store.Operation, error) {
 	next, err := store.ApplyUpdate(op, u, t)
 	if err != nil {
@@ -544,6 +539,9 @@ func (s *Store) update(ctx context.Context, tx pgx.Tx, q *queue, op store.Operat
 	}
 	if next.State != op.State && op.BatchID != "" {
 		if b == nil {
+			if tx == nil {
+				return store.Operation{}, fmt.Errorf("store/postgres: batch %s of operation %s not locked", op.BatchID, op.ID)
+			}
 			bt, err := s.lockBatch(ctx, tx, op.BatchID)
 			if err != nil {
 				return store.Operation{}, err
@@ -573,39 +571,32 @@ func (s *Store) contacted(ctx context.Context, q execer, id string, t time.Time)
 	return err
 }
 
-// SetProgress implements store.Operations.
+// SetProgress implements store.Operations, in two round trips.
 func (s *Store) SetProgress(ctx context.Context, id string, token int64, percent int) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error {
-		op, t, err := s.lockOpNow(ctx, tx, id)
-		if err != nil {
+	return s.onOp(ctx, id, false, func(l *opLock, q *queue) error {
+		if err := store.CheckProgress(l.op, token, percent); err != nil {
 			return err
 		}
-		if err := store.CheckProgress(op, token, percent); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, s.sql(`UPDATE {{schema}}.operations SET progress = $2, version = version + 1, updated_at = $3
-			WHERE id = $1`), id, percent, norm(t))
+		_, err := q.Exec(ctx, s.sql(`UPDATE {{schema}}.operations SET progress = $2, version = version + 1, updated_at = $3
+			WHERE id = $1`), id, percent, norm(l.t))
 		return err
 	})
 }
 
-// AppendLog implements store.Operations. It locks the operation's row (to
-// check the token and number the lines) but never rewrites it.
+// AppendLog implements store.Operations, in two round trips. It locks the
+// operation's row (to check the token and number the lines) but never
+// rewrites it.
 func (s *Store) AppendLog(ctx context.Context, id string, token int64, lines ...string) error {
 	if err := ctxErr(ctx); err != nil {
 		return err
 	}
-	return s.tx(ctx, func(tx pgx.Tx) error {
-		op, t, err := s.lockOpNow(ctx, tx, id)
-		if err != nil {
+	return s.onOp(ctx, id, false, func(l *opLock, q *queue) error {
+		if err := store.CheckToken(l.op, token); err != nil {
 			return err
 		}
-		if err := store.CheckToken(op, token); err != nil {
-			return err
-		}
-		return s.appendLogs(ctx, tx, t, map[string][]string{id: lines})
+		return s.appendLogs(ctx, q, l.t, map[string][]string{id: lines})
 	})
 }
