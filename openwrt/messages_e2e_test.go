@@ -433,14 +433,14 @@ func TestEndMessagesReadOnce(t *testing.T) {
 			require.NoError(t, err)
 			return op
 		}, status.Aborted, status.ReasonNoImageForBoard, "aborted (no-image-for-board): openwrt: the image's metadata lists "},
-		{"wrong board for sysupgrade --test", fleetOpts{}, func(t *testing.T, f *fleet) store.Operation {
+		{"wrong board in the device's record", fleetOpts{}, func(t *testing.T, f *fleet) store.Operation {
 			id := uuid.NewString()
 			dev := startDevice(t, openwrttest.Config{UUID: id, BoardName: "glinet,gl-ar150"})
 			d := f.register(t, dev, id, openwrttest.DefaultBoardName)
 			op, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: f.image.ID})
 			require.NoError(t, err)
 			return op
-		}, status.Aborted, status.ReasonImageInvalid, "aborted (image-invalid): openwrt: the device refused the image: sysupgrade --test exited with status 1: "},
+		}, status.Aborted, status.ReasonNoImageForBoard, "aborted (no-image-for-board): openwrt: the device's board is \"glinet,gl-ar150\", not "},
 		{"host key mismatch", fleetOpts{upgrader: func(c *openwrt.Config) {
 			creds := c.CredentialsFunc
 			c.CredentialsFunc = func(ctx context.Context, d store.Device) (openwrt.Credentials, error) {

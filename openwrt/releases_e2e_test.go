@@ -152,10 +152,6 @@ func TestReleaseSpecificOutcomes(t *testing.T) {
 			image: f.image, state: status.Success, upload: true, flashed: true},
 		{name: "-n: the device comes back with new host keys", sim: openwrttest.Config{Faults: openwrttest.Faults{NewHostKeysAfterReset: true}},
 			image: f.image, options: opts(`{"sysupgrade":"n"}`), state: status.Success, upload: true, flashed: true},
-		{name: "metadata contradicts the name", image: contradicting,
-			state: status.Aborted, reason: status.ReasonNoImageForBoard, log: "glinet,gl-ar150"},
-		{name: "metadata contradicts the name, with -F", image: contradicting, options: opts(`{"sysupgrade":"c,F"}`),
-			state: status.Aborted, reason: status.ReasonNoImageForBoard, log: "even with -F"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
@@ -185,6 +181,23 @@ func TestReleaseSpecificOutcomes(t *testing.T) {
 				_, poisoned := dev.File("/etc/openwisp/firmware_checksum")
 				assert.False(t, poisoned, "no checksum recorded for an unproven upgrade")
 			}
+		})
+	}
+	// Named like an Archer C7 image, its metadata names only the GL-AR150:
+	// the metadata decides (as sysupgrade holds it, even with -F), so the
+	// request is refused before any device is contacted.
+	for _, options := range []json.RawMessage{nil, opts(`{"sysupgrade":"c,F"}`)} {
+		t.Run("metadata contradicts the name "+string(options), func(t *testing.T) {
+			t.Parallel()
+			d, dev := f.device(t, openwrttest.Config{})
+			_, err := f.eng.Upgrade(ctxT(t), upgrader.Request{DeviceID: d.ID, ImageID: contradicting.ID, Options: options})
+			var re *upgrader.RefusedError
+			require.ErrorAs(t, err, &re)
+			assert.Equal(t, status.ReasonNoImageForBoard, re.Reason)
+			assert.Empty(t, dev.Executed(), "no device contacted")
+			ops, err := f.st.ListOperations(ctxT(t), store.OperationFilter{DeviceID: d.ID})
+			require.NoError(t, err)
+			assert.Empty(t, ops, "nothing stored")
 		})
 	}
 }

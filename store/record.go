@@ -297,6 +297,19 @@ func (b Build) Validate() error {
 }
 
 // Validate checks the fields a caller sets.
+// CheckImageName refuses what Image.Validate refuses in an image's Name: an
+// empty, over-long or non-UTF-8 name, and one that is not a plain file name
+// (a path separator, "." or "..").
+func CheckImageName(name string) error {
+	if err := checkField("image", "Name", name, true, MaxImageTypeLen); err != nil {
+		return err
+	}
+	if strings.ContainsAny(name, "/\\") || name == "." || name == ".." {
+		return invalid("image", "Name", "must be a plain file name, got %q", name)
+	}
+	return nil
+}
+
 func (im Image) Validate() error {
 	for _, f := range []struct {
 		name, v  string
@@ -306,14 +319,13 @@ func (im Image) Validate() error {
 		{"ID", im.ID, false, MaxIDLen},
 		{"BuildID", im.BuildID, true, MaxIDLen},
 		{"Type", im.Type, true, MaxImageTypeLen},
-		{"Name", im.Name, true, MaxImageTypeLen},
 	} {
 		if err := checkField("image", f.name, f.v, f.required, f.max); err != nil {
 			return err
 		}
 	}
-	if strings.ContainsAny(im.Name, "/\\") || im.Name == "." || im.Name == ".." {
-		return invalid("image", "Name", "must be a plain file name, got %q", im.Name)
+	if err := CheckImageName(im.Name); err != nil {
+		return err
 	}
 	if im.Size < 0 {
 		return invalid("image", "Size", "is negative (%d)", im.Size)

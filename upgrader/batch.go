@@ -151,7 +151,7 @@ func (e *Engine) plan(ctx context.Context, req BatchRequest, retried string) (Pl
 	}
 	if build.Organization != "" && req.Organization != "" && req.Organization != build.Organization {
 		return plan, &RefusedError{Reason: status.ReasonOrganizationMismatch,
-			Err: fmt.Errorf("build %s belongs to organization %q, not %q", build.ID, build.Organization, req.Organization)}
+			Err: fmt.Errorf("build %s is not available to organization %q", build.ID, req.Organization)}
 	}
 	images, err := listAll(ctx, func(p store.Page) ([]store.Image, error) {
 		return e.store.ListImages(ctx, store.ImageFilter{BuildID: build.ID, Page: p})

@@ -65,6 +65,11 @@ func (e *Engine) UploadImage(ctx context.Context, im store.Image, r io.Reader) (
 		return store.Image{}, errors.New("upgrader: UploadImage: nil reader")
 	}
 	if im.Type == "" && im.Name != "" {
+		// The name is checked first, so that an error names what is wrong
+		// with it rather than the type derived from it.
+		if err := store.CheckImageName(im.Name); err != nil {
+			return store.Image{}, err
+		}
 		im.Type = imagemap.TypeFromFileName(im.Name)
 	}
 	if im.Name == "" {

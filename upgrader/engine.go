@@ -292,7 +292,7 @@ func (e *Engine) checkFit(d store.Device, im store.Image) error {
 	}
 	if !store.ImageFitsOrganization(im.Organization, d.Organization) {
 		return refuse(status.ReasonOrganizationMismatch,
-			"image %s belongs to organization %q, device %s to %q", im.ID, im.Organization, d.ID, d.Organization)
+			"image %s is not available to organization %q (device %s)", im.ID, d.Organization, d.ID)
 	}
 	if fits, rule := e.fit(im, d); !fits {
 		return refuse(status.ReasonNoImageForBoard,

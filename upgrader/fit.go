@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 
 	"github.com/fwupgrader/fwupgrader/store"
@@ -92,9 +93,10 @@ func (d Decision) String() string {
 //  1. Compatibility.FitsFunc, when it answers Allow or Deny;
 //  2. else the upgrader registered for the device's connection kind, when
 //     it implements ImageMatcher: its FitsImage;
-//  3. else the OpenWrt rule: the image's type is in Config.ImageMap for
-//     the device's model or board name, or the image's own metadata names
-//     the device's board (Engine.Fits).
+//  3. else the OpenWrt rule (Engine.Fits): the boards the image's own
+//     metadata names, when it names some and the device has a board name;
+//     else the image's type in Config.ImageMap for the device's model or
+//     board name.
 //
 // For an image being uploaded (Engine.UploadImage):
 //
@@ -138,10 +140,12 @@ func (r fitRule) String() string {
 //  1. Config.Compatibility.FitsFunc, when set and not Defer;
 //  2. the upgrader registered for d.Connection, when it implements
 //     ImageMatcher;
-//  3. the OpenWrt rule: im's type is in Config.ImageMap for d's model or
-//     board name, or the boards im declares itself (Image.Boards, from its
-//     metadata) include one of them. Under this rule a device that reports
-//     neither model nor board name fits nothing.
+//  3. the OpenWrt rule: when im declares boards itself (Image.Boards, from
+//     its fwtool metadata) and d has a board name, they decide alone, as
+//     sysupgrade holds them; otherwise im's type is in Config.ImageMap for
+//     d's model or board name, or one of im's boards is d's model. Under
+//     this rule a device that reports neither model nor board name fits
+//     nothing.
 func (e *Engine) Fits(im store.Image, d store.Device) bool {
 	ok, _ := e.fit(im, d)
 	return ok
@@ -183,19 +187,26 @@ func (e *Engine) fit(im store.Image, d store.Device) (bool, fitRule) {
 
 // openWrtFits is the OpenWrt rule (see Fits).
 func (e *Engine) openWrtFits(im store.Image, d store.Device) bool {
-	if strings.TrimSpace(d.Model) == "" && strings.TrimSpace(d.BoardName) == "" {
+	board := strings.TrimSpace(d.BoardName)
+	if strings.TrimSpace(d.Model) == "" && board == "" {
 		return false
+	}
+	var declared []string
+	for _, b := range im.Boards {
+		if b = strings.TrimSpace(b); b != "" {
+			declared = append(declared, b)
+		}
+	}
+	if len(declared) > 0 && board != "" {
+		// The boards the image declares decide alone, as sysupgrade holds
+		// them (even with -F): a file named for one board that carries
+		// another's metadata fits only the other.
+		return slices.ContainsFunc(declared, func(b string) bool { return strings.EqualFold(b, board) })
 	}
 	if e.cfg.ImageMap.Fits(im.Type, d.Model, d.BoardName) {
 		return true
 	}
-	for _, b := range im.Boards {
-		b = strings.TrimSpace(b)
-		if b != "" && (strings.EqualFold(b, strings.TrimSpace(d.BoardName)) || strings.EqualFold(b, strings.TrimSpace(d.Model))) {
-			return true
-		}
-	}
-	return false
+	return slices.ContainsFunc(declared, func(b string) bool { return strings.EqualFold(b, strings.TrimSpace(d.Model)) })
 }
 
 // fitDeciders says who decides which images fit device d, for messages

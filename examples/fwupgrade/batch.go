@@ -383,7 +383,7 @@ func parseRate(s string) (store.Rate, error) {
 // parsePercent reads "20%" or "20", from 0 to 100.
 func parsePercent(s string) (float64, error) {
 	v, err := strconv.ParseFloat(strings.TrimSuffix(strings.TrimSpace(s), "%"), 64)
-	if err != nil || v < 0 || v > 100 {
+	if err != nil || !(v >= 0 && v <= 100) { // NaN fails both
 		return 0, errors.New("want a percentage from 0 to 100, such as 20%")
 	}
 	return v, nil

@@ -369,6 +369,17 @@ func runUpgrade(ctx context.Context, s *streams, p *params) int {
 		return usage(s, "upgrade", err)
 	}
 
+	// The image first: a file that can never be an image is bad usage, and
+	// no device is contacted for it.
+	img, err := createImage(ctx, eng, p)
+	switch {
+	case errors.Is(err, upgrader.ErrImageInvalid), errors.Is(err, store.ErrInvalid):
+		return usage(s, "upgrade", usagef("--image %s: %v", p.imagePath, err))
+	case err != nil:
+		return early(err)
+	}
+	res.Image = img.Name
+
 	fmt.Fprintf(human, "connecting to %s to read the device's board\n", addr)
 	pctx, cancel := context.WithTimeout(ctx, openwrt.DefaultConnectTimeout+openwrt.DefaultCommandTimeout)
 	dev := store.Device{ID: p.deviceID, Connection: openwrt.Connection, Address: addr, Active: true}
@@ -380,11 +391,6 @@ func runUpgrade(ctx context.Context, s *streams, p *params) int {
 	fmt.Fprintf(human, "device: %s (%s), running %q\n", info.Model, info.BoardName, info.Release)
 	dev.Model, dev.BoardName, dev.OSIdentifier = info.Model, info.BoardName, info.Release
 
-	img, err := createImage(ctx, eng, p)
-	if err != nil {
-		return early(err)
-	}
-	res.Image = img.Name
 	if _, err := eng.RegisterDevice(ctx, dev); err != nil {
 		return early(err)
 	}

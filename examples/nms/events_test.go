@@ -2,12 +2,14 @@ package main
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -214,10 +216,17 @@ func TestSlowEventClient(t *testing.T) {
 	})
 	r := newRig(t, opts, func(l net.Listener) net.Listener { return smallBufferListener{l} })
 
-	conn, err := net.Dial("tcp", r.srv.Listener.Addr().String())
+	// The receive buffer is set before connecting: the window the client
+	// advertises is then small from the start, and the server's writes
+	// block after a few KiB however fast the devices are.
+	d := net.Dialer{Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		err := c.Control(func(fd uintptr) { serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 1024) })
+		return cmp.Or(err, serr)
+	}}
+	conn, err := d.Dial("tcp", r.srv.Listener.Addr().String())
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = conn.Close() })
-	require.NoError(t, conn.(*net.TCPConn).SetReadBuffer(1024))
 	_, err = fmt.Fprintf(conn, "GET %sevents/ HTTP/1.1\r\nHost: nms\r\n\r\n", apiPrefix)
 	require.NoError(t, err)
 	status1, err := bufio.NewReaderSize(conn, 16).ReadString('\n')
