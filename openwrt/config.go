@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"net"
 	"strings"
 	"time"
 
@@ -102,8 +101,17 @@ type Credentials struct {
 	// attempt whose credentials have none is aborted. Build it with
 	// KnownHosts or PinnedKey (or any ssh.HostKeyCallback).
 	HostKeyCallback ssh.HostKeyCallback
-	// HostKeyAlgorithms, if not empty, restricts the host key algorithms
-	// accepted, e.g. to the type of the key in known_hosts.
+	// HostKeyAlgorithms, if not empty, are the host key algorithms the
+	// client offers, in order of preference (ssh.ClientConfig's field).
+	// When it is empty and HostKeyCallback was made by KnownHosts or
+	// PinnedKey, the algorithms of the keys it knows for the device are
+	// offered first (ed25519, then ECDSA, then RSA), before the others of
+	// x/crypto/ssh: the device then presents a key that can match. This
+	// matters for dropbear: 2022.83, with only an ed25519 host key,
+	// agrees to the RSA algorithm x/crypto/ssh prefers by default and
+	// drops the connection. With a host key check of your own, set it to
+	// the algorithms of the key you expect: its Type(), or for an RSA key
+	// rsa-sha2-512, rsa-sha2-256, ssh-rsa.
 	HostKeyAlgorithms []string
 }
 
@@ -135,7 +143,11 @@ type CredentialsFunc func(ctx context.Context, d store.Device) (Credentials, err
 
 // KnownHosts returns a host key check that accepts the keys of the given
 // OpenSSH known_hosts files (x/crypto/ssh/knownhosts). A device missing from
-// the files, or presenting another key, is refused.
+// the files, or presenting another key, is refused. Unless the credentials
+// set HostKeyAlgorithms, the connection asks the device first for the types
+// of key the files list for its address (ed25519 first for an address
+// they list no key for; x/crypto/ssh's default order, certificates first,
+// for an address a @cert-authority line matches).
 func KnownHosts(files ...string) (ssh.HostKeyCallback, error) {
 	if len(files) == 0 {
 		return nil, errors.New("openwrt: KnownHosts: no file given")
@@ -144,17 +156,18 @@ func KnownHosts(files ...string) (ssh.HostKeyCallback, error) {
 	if err != nil {
 		return nil, fmt.Errorf("openwrt: KnownHosts: %w", err)
 	}
-	return cb, nil
+	ca, err := certAuthorities(files)
+	if err != nil {
+		return nil, fmt.Errorf("openwrt: KnownHosts: %w", err)
+	}
+	return (&knownHostsCheck{cb: cb, authorities: ca}).check, nil
 }
 
-// PinnedKey returns a host key check that accepts only key.
+// PinnedKey returns a host key check that accepts only key (no key at all
+// when key is nil). Unless the credentials set HostKeyAlgorithms, the
+// connection asks the device first for a key of key's type.
 func PinnedKey(key ssh.PublicKey) ssh.HostKeyCallback {
-	if key == nil {
-		return func(string, net.Addr, ssh.PublicKey) error {
-			return errors.New("openwrt: no pinned host key")
-		}
-	}
-	return ssh.FixedHostKey(key)
+	return (&pinnedKeyCheck{key: key}).check
 }
 
 // Config configures an Upgrader. Only CredentialsFunc is required.

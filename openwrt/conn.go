@@ -3,10 +3,14 @@ package openwrt
 import (
 	"bytes"
 	"context"
+	"crypto/ed25519"
 	"errors"
 	"fmt"
 	"io"
 	"net"
+	"os"
+	"reflect"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -122,6 +126,9 @@ func dialWith(ctx context.Context, creds Credentials, timeout, tcpTimeout time.D
 		return nil, upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: connect to %s: %w", addr, err))
 	}
 	_ = nc.SetDeadline(time.Now().Add(timeout))
+	if len(cfg.HostKeyAlgorithms) == 0 {
+		cfg.HostKeyAlgorithms = preferredHostKeyAlgorithms(creds.HostKeyCallback, addr, nc.RemoteAddr())
+	}
 	stopHandshake := context.AfterFunc(ctx, func() { nc.Close() })
 	sc, chans, reqs, err := ssh.NewClientConn(nc, addr, cfg)
 	if !stopHandshake() || err != nil {
@@ -161,6 +168,178 @@ func classifyDialError(addr string, err, keyErr error) error {
 			fmt.Errorf("openwrt: the host key of %s does not match the expected one (possible man-in-the-middle): %w", addr, keyErr))
 	}
 	return upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: ssh login to %s: %w", addr, err))
+}
+
+// The host key checks made by KnownHosts and PinnedKey know which keys
+// they accept, so the client can ask the device for one of their types:
+// x/crypto/ssh's default order puts RSA before ed25519, and dropbear
+// 2022.83 started with only an ed25519 host key agrees to RSA and then
+// drops the connection (a failed assertion, "rsa.c:164 key != NULL").
+// (OpenSSH's ssh also orders its offer by what its known_hosts holds.)
+//
+// A check is a plain ssh.HostKeyCallback, so dial recognises the two by
+// their code (the method values below); only those are asked which keys
+// they know, with hostKeyQuery in place of a key. A callback of the host's
+// own, or one wrapping these, is never called but for the real check: it
+// may have effects (a trust-on-first-use store, an alert), and then
+// Credentials.HostKeyAlgorithms is the host's to set.
+
+// pinnedKeyCheck is PinnedKey's check.
+type pinnedKeyCheck struct{ key ssh.PublicKey } // nil: every key is refused
+
+func (p *pinnedKeyCheck) check(hostname string, remote net.Addr, key ssh.PublicKey) error {
+	if _, ok := key.(hostKeyQuery); ok {
+		a := &knownKeysAnswer{}
+		if p.key != nil {
+			a.keys = append(a.keys, p.key)
+		}
+		return a
+	}
+	if p.key == nil {
+		return errors.New("openwrt: no pinned host key")
+	}
+	return ssh.FixedHostKey(p.key)(hostname, remote, key)
+}
+
+// knownHostsCheck is KnownHosts' check.
+type knownHostsCheck struct {
+	cb ssh.HostKeyCallback
+	// authorities are the @cert-authority lines of the files. A device
+	// whose address such a line matches may present a certificate: the
+	// offer is then x/crypto/ssh's default, which asks for those first.
+	authorities map[fileLine]bool
+}
+
+// fileLine is a line of a file, numbered from 1.
+type fileLine struct {
+	file string
+	line int
+}
+
+func (k *knownHostsCheck) check(hostname string, remote net.Addr, key ssh.PublicKey) error {
+	if _, ok := key.(hostKeyQuery); ok {
+		// knownhosts answers a key it does not know with the keys of the
+		// lines that match the address, @cert-authority ones included
+		// (KeyError.Want; none for an unknown host). No known_hosts file
+		// lists the all-zero ed25519 key.
+		var ke *knownhosts.KeyError
+		if err := k.cb(hostname, remote, unknownKey); errors.As(err, &ke) {
+			a := &knownKeysAnswer{}
+			for _, w := range ke.Want {
+				if k.authorities[fileLine{w.Filename, w.Line}] {
+					return &knownKeysAnswer{none: true}
+				}
+				a.keys = append(a.keys, w.Key)
+			}
+			return a
+		}
+		return &knownKeysAnswer{none: true}
+	}
+	return k.cb(hostname, remote, key)
+}
+
+// certAuthorities returns the @cert-authority lines of known_hosts files,
+// numbered as knownhosts numbers them.
+func certAuthorities(files []string) (map[fileLine]bool, error) {
+	out := map[fileLine]bool{}
+	for _, name := range files {
+		b, err := os.ReadFile(name)
+		if err != nil {
+			return nil, err
+		}
+		n := 0
+		for line := range strings.Lines(string(b)) {
+			n++
+			if strings.HasPrefix(strings.TrimSpace(line), "@cert-authority") {
+				out[fileLine{name, n}] = true
+			}
+		}
+	}
+	return out, nil
+}
+
+// unknownKey is a valid ed25519 key that no one holds: all zeros.
+var unknownKey = func() ssh.PublicKey {
+	k, err := ssh.NewPublicKey(ed25519.PublicKey(make([]byte, ed25519.PublicKeySize)))
+	if err != nil {
+		panic(err)
+	}
+	return k
+}()
+
+// hostKeyQuery is passed in place of a host key to ask one of the checks
+// above which keys it accepts; they answer with a *knownKeysAnswer.
+type hostKeyQuery struct{}
+
+func (hostKeyQuery) Type() string                        { return "fwupgrader-query" }
+func (hostKeyQuery) Marshal() []byte                     { return nil }
+func (hostKeyQuery) Verify([]byte, *ssh.Signature) error { return errors.New("openwrt: not a key") }
+
+// knownKeysAnswer carries the keys a check accepts for an address.
+type knownKeysAnswer struct {
+	keys []ssh.PublicKey
+	none bool // keep x/crypto/ssh's default offer
+}
+
+func (*knownKeysAnswer) Error() string { return "openwrt: known host keys" }
+
+// The code of the checks' method values, the same for every value.
+var (
+	pinnedKeyCheckCode  = reflect.ValueOf((*pinnedKeyCheck)(nil).check).Pointer()
+	knownHostsCheckCode = reflect.ValueOf((*knownHostsCheck)(nil).check).Pointer()
+)
+
+// hostKeyPreference is the order in which the algorithms of known host
+// keys are offered: OpenSSH's, ed25519 first, SHA-1 RSA and DSA last.
+var hostKeyPreference = []string{
+	ssh.KeyAlgoED25519,
+	ssh.KeyAlgoECDSA256, ssh.KeyAlgoECDSA384, ssh.KeyAlgoECDSA521,
+	ssh.KeyAlgoRSASHA512, ssh.KeyAlgoRSASHA256, ssh.KeyAlgoRSA,
+	ssh.InsecureKeyAlgoDSA,
+}
+
+// preferredHostKeyAlgorithms returns the host key algorithms to offer to
+// the device at hostname (host:port, as the handshake names it) and
+// remote when cb is KnownHosts' or PinnedKey's: first those of the keys cb
+// accepts there, then the rest of hostKeyPreference, then every other
+// algorithm x/crypto/ssh implements, so that a device holding only keys of
+// other types still presents one and is refused as a host key mismatch (or
+// an unknown host), not for want of a common algorithm. nil (x/crypto/ssh's
+// default) for other callbacks, as a host's own check may expect a key of a
+// type the default order asks for first, and for an address a
+// @cert-authority line of KnownHosts' files matches.
+func preferredHostKeyAlgorithms(cb ssh.HostKeyCallback, hostname string, remote net.Addr) []string {
+	if cb == nil {
+		return nil
+	}
+	if code := reflect.ValueOf(cb).Pointer(); code != pinnedKeyCheckCode && code != knownHostsCheckCode {
+		return nil
+	}
+	var a *knownKeysAnswer
+	if !errors.As(cb(hostname, remote, hostKeyQuery{}), &a) || a.none {
+		return nil
+	}
+	known := map[string]bool{}
+	for _, k := range a.keys {
+		switch t := k.Type(); t {
+		case ssh.KeyAlgoRSA:
+			known[ssh.KeyAlgoRSASHA512], known[ssh.KeyAlgoRSASHA256], known[ssh.KeyAlgoRSA] = true, true, true
+		default:
+			known[t] = true
+		}
+	}
+	var out []string
+	for _, alg := range hostKeyPreference {
+		if known[alg] {
+			out = append(out, alg)
+		}
+	}
+	for _, alg := range slices.Concat(hostKeyPreference, ssh.SupportedAlgorithms().HostKeys, ssh.InsecureAlgorithms().HostKeys) {
+		if !slices.Contains(out, alg) {
+			out = append(out, alg)
+		}
+	}
+	return out
 }
 
 // capBuffer keeps the start and the end of what is written to it, max

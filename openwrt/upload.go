@@ -50,19 +50,29 @@ func (c *conn) uploadVia(ctx context.Context, m UploadMethod, r io.Reader, size 
 	return fmt.Errorf("openwrt: unknown upload method %q", m)
 }
 
+// uploadSFTP writes the image with SFTP on a session of its own, and
+// returns once that session has ended.
+//
+// The session is opened here, not by sftp.NewClient, so that it can be
+// waited for: closing an SFTP client only sends EOF to the server and waits
+// for the server's EOF, while the server's exit status and the channel's
+// close are still on their way. dropbear (2022.83, on loopback) sometimes
+// drops the next session opened at that moment, before its command starts
+// ("start 'sha256sum' …: EOF" in the checksum step that follows the
+// upload); waiting for the SFTP session to end first avoids it.
 func (c *conn) uploadSFTP(ctx context.Context, r io.Reader, remotePath string) error {
-	client, err := bounded(ctx, c, func() (*sftp.Client, error) { return sftp.NewClient(c.client) },
-		func(cl *sftp.Client) { cl.Close() })
+	ss, err := bounded(ctx, c, func() (*sftpSession, error) { return c.openSFTP() },
+		func(ss *sftpSession) { ss.ch.Close(); ss.client.Close() })
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return fmt.Errorf("%w: sftp: %w", errUnavailable, err)
 	}
-	defer client.Close()
-	stop := context.AfterFunc(ctx, func() { client.Close() })
+	defer ss.end(ctx, c)
+	stop := context.AfterFunc(ctx, func() { ss.ch.Close() })
 	defer stop()
-	f, err := client.OpenFile(remotePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
+	f, err := ss.client.OpenFile(remotePath, os.O_WRONLY|os.O_CREATE|os.O_TRUNC)
 	if err != nil {
 		return fmt.Errorf("openwrt: sftp: create %s: %w", remotePath, err)
 	}
@@ -74,6 +84,88 @@ func (c *conn) uploadSFTP(ctx context.Context, r io.Reader, remotePath string) e
 		return fmt.Errorf("openwrt: sftp: close %s: %w", remotePath, err)
 	}
 	return nil
+}
+
+// sftpSession is an SFTP client on a session channel of its own.
+type sftpSession struct {
+	ch     ssh.Channel
+	client *sftp.Client
+	// ended is closed when the channel is closed (its requests end): the
+	// server is done with the session.
+	ended chan struct{}
+}
+
+// sftpStdin is the SFTP client's writer: closing it sends EOF (the server
+// then exits), not the channel's close.
+type sftpStdin struct{ ssh.Channel }
+
+func (w sftpStdin) Close() error { return w.CloseWrite() }
+
+// openSFTP opens a session channel, starts the sftp subsystem on it and
+// greets the server. It may block on a dead connection: run it bounded.
+//
+// An ssh.Session is not used: its Wait reports only on commands started
+// with Start, Run or Shell, never on a subsystem.
+func (c *conn) openSFTP() (*sftpSession, error) {
+	ch, reqs, err := c.client.OpenChannel("session", nil)
+	if err != nil {
+		return nil, err
+	}
+	ss := &sftpSession{ch: ch, ended: make(chan struct{})}
+	go func() {
+		// exit-status and the like: nothing here needs them.
+		for r := range reqs {
+			if r.WantReply {
+				_ = r.Reply(false, nil)
+			}
+		}
+		close(ss.ended)
+	}()
+	// The server's standard error is read and dropped, so that it never
+	// fills the channel's window.
+	go func() { _, _ = io.Copy(io.Discard, ch.Stderr()) }()
+	ok, err := ch.SendRequest("subsystem", true, ssh.Marshal(struct{ Name string }{"sftp"}))
+	if err == nil && !ok {
+		err = errors.New("the device refused the sftp subsystem")
+	}
+	if err == nil {
+		ss.client, err = sftp.NewClientPipe(ch, sftpStdin{ch})
+	}
+	if err != nil {
+		ch.Close()
+		return nil, err
+	}
+	return ss, nil
+}
+
+// end closes the SFTP client, which sends EOF to the server, and waits for
+// the session to end: the server's EOF, then its exit and the channel's
+// close. When that takes longer than closeGrace, or ctx ends, the channel
+// is closed; if the device does not answer that within closeGrace either,
+// the whole connection is closed.
+func (ss *sftpSession) end(ctx context.Context, c *conn) {
+	done := make(chan struct{})
+	go func() {
+		_ = ss.client.Close() // returns once the server's EOF came, or the channel is closed
+		<-ss.ended
+		close(done)
+	}()
+	t := time.NewTimer(closeGrace)
+	defer t.Stop()
+	select {
+	case <-done:
+		return
+	case <-ctx.Done():
+	case <-t.C:
+	}
+	_ = ss.ch.Close()
+	t.Reset(closeGrace)
+	select {
+	case <-done:
+	case <-t.C:
+		_ = c.Close()
+		<-done
+	}
 }
 
 // uploadSCP speaks the sink side of the legacy SCP protocol: "scp -t PATH"
