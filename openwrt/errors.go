@@ -3,6 +3,7 @@ package openwrt
 import (
 	"fmt"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
@@ -38,8 +39,9 @@ func truncateOutput(s string, max int) string {
 		return s
 	}
 	cut := len(s) - max
-	// Do not split a UTF-8 sequence.
-	for cut < len(s) && s[cut]&0xC0 == 0x80 {
+	// Do not split a UTF-8 sequence (skipping at most the continuation
+	// bytes one can have: a run of stray ones is kept).
+	for i := 0; i < utf8.UTFMax-1 && cut < len(s) && !utf8.RuneStart(s[cut]); i++ {
 		cut++
 	}
 	return "…" + s[cut:]

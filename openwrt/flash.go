@@ -23,15 +23,33 @@ import (
 // "add_provisioning"); the output must name the ubus call, do_stage2 and
 // the lost connection.
 func isFalseFlashError(output string) bool {
-	return strings.Contains(output, "Command failed: ubus call system sysupgrade") &&
-		strings.Contains(output, "do_stage2") && strings.Contains(output, "(Connection failed)")
+	return ubusSysupgradeLine(output, "do_stage2", "(Connection failed)")
 }
 
 // isProcdRefusal recognises procd refusing the hand-over: the same ubus
 // call answered "(Not supported)". Nothing was flashed.
 func isProcdRefusal(output string) bool {
-	return strings.Contains(output, "Command failed: ubus call system sysupgrade") &&
-		strings.Contains(output, "(Not supported)")
+	return ubusSysupgradeLine(output, "(Not supported)")
+}
+
+// ubusSysupgradeLine reports whether one line of output is the ubus
+// client's failure of "ubus call system sysupgrade" (it prints its verdict
+// on the line of the call) and holds every one of words: a file of the -v
+// listing that happens to be named "(Not supported)" is not procd's answer.
+func ubusSysupgradeLine(output string, words ...string) bool {
+	for l := range strings.Lines(output) {
+		if !strings.Contains(l, "Command failed: ubus call system sysupgrade") {
+			continue
+		}
+		all := true
+		for _, w := range words {
+			all = all && strings.Contains(l, w)
+		}
+		if all {
+			return true
+		}
+	}
+	return false
 }
 
 // flashCommand is the sysupgrade command line: -v, the option flags in

@@ -1,5 +1,7 @@
 package status
 
+import "math/bits"
+
 import "fmt"
 
 // Progress milestones, in percent, as reported while an operation runs. The
@@ -33,6 +35,8 @@ func UploadProgress(sent, total int64) int {
 	if sent <= 0 {
 		return ProgressChecksum
 	}
-	span := int64(ProgressUploaded - ProgressChecksum)
-	return ProgressChecksum + int(sent*span/total)
+	// sent*span in 128 bits: it overflows 64 for images over 2^58 bytes.
+	hi, lo := bits.Mul64(uint64(sent), ProgressUploaded-ProgressChecksum)
+	q, _ := bits.Div64(hi, lo, uint64(total)) // sent < total: q < span
+	return ProgressChecksum + int(q)
 }

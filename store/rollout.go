@@ -191,8 +191,12 @@ func ParseTimeOfDay(s string) (TimeOfDay, error) {
 	secs := []int{3600, 60, 1}
 	total := 0
 	for i, p := range parts {
-		v, err := strconv.Atoi(p)
-		if err != nil || len(p) != 2 || v < 0 || v > limits[i] {
+		// Two digits exactly: no sign, no space (strconv.Atoi takes "+1").
+		if len(p) != 2 || p[0] < '0' || p[0] > '9' || p[1] < '0' || p[1] > '9' {
+			return 0, invalid("rollout", "Windows", "%q is not a time of day (HH:MM or HH:MM:SS)", s)
+		}
+		v := int(p[0]-'0')*10 + int(p[1]-'0')
+		if v > limits[i] {
 			return 0, invalid("rollout", "Windows", "%q is not a time of day (HH:MM or HH:MM:SS)", s)
 		}
 		total += v * secs[i]

@@ -126,6 +126,9 @@ func (p RetryPolicy) Delay(n int) time.Duration {
 	for i := 0; i < n; i++ {
 		d = b.NextBackOff()
 	}
+	if d < 0 { // an interval of centuries overflowed in the randomization
+		d = math.MaxInt64
+	}
 	return d
 }
 
@@ -202,7 +205,11 @@ func (p OfflinePolicy) Delay(offline time.Duration) time.Duration {
 	p = p.withDefaults()
 	d := min(max(offline, p.InitialInterval), p.MaxInterval)
 	if f := p.RandomizationFactor; f > 0 {
-		d = time.Duration(float64(d) * (1 - f + 2*f*rand.Float64()))
+		x := float64(d) * (1 - f + 2*f*rand.Float64())
+		if x >= math.MaxInt64 { // an interval of centuries: no overflow into a negative wait
+			return math.MaxInt64
+		}
+		d = time.Duration(x)
 	}
 	return d
 }
