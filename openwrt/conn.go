@@ -167,6 +167,13 @@ func classifyDialError(addr string, err, keyErr error) error {
 		return upgrader.Aborted(status.ReasonHostKeyMismatch,
 			fmt.Errorf("openwrt: the host key of %s does not match the expected one (possible man-in-the-middle): %w", addr, keyErr))
 	}
+	if err != nil && strings.Contains(err.Error(), "ssh: unable to authenticate") {
+		// x/crypto/ssh has no error type for it. The device answered and
+		// refused every method offered: the same credentials will not do
+		// better on the next attempt, nor in an hour.
+		return upgrader.Aborted(status.ReasonAuthFailed,
+			fmt.Errorf("openwrt: %s refused the login (wrong user, password or key): %w", addr, err))
+	}
 	return upgrader.Recoverable(status.ReasonConnectionFailed, fmt.Errorf("openwrt: ssh login to %s: %w", addr, err))
 }
 

@@ -376,10 +376,11 @@ func TestPasswordNeverLogged(t *testing.T) {
 	for _, s := range []string{c.String(), c.GoString(), c.LogValue().String()} {
 		require.NotContains(t, s, secret)
 	}
-	// A wrong password fails without showing it.
+	// A wrong password aborts (the same one will not do better later),
+	// without showing it.
 	b2 := setup(t, setupOpts{creds: func(b *bundle, c *Credentials) { c.Password = secret }})
 	err := b2.upgrade(t)
-	requireKind(t, err, upgrader.KindRecoverable, status.ReasonConnectionFailed)
+	requireKind(t, err, upgrader.KindAborted, status.ReasonAuthFailed)
 	require.NotContains(t, err.Error(), secret)
 	require.NotContains(t, b2.rep.Logs(), secret)
 }

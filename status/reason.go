@@ -13,8 +13,8 @@ type Reason string
 // Reasons. The comment of each says which terminal state it normally ends in.
 const (
 	ReasonNone Reason = ""
-	// ReasonConnectionFailed: the device could not be reached or refused the
-	// SSH login before flashing. Retryable; failed when retries run out.
+	// ReasonConnectionFailed: the device could not be reached before
+	// flashing. Retryable; failed when retries run out.
 	ReasonConnectionFailed Reason = "connection-failed"
 	// ReasonUploadFailed: the image transfer broke off. Retryable.
 	ReasonUploadFailed Reason = "upload-failed"
@@ -27,6 +27,10 @@ const (
 	// ReasonHostKeyMismatch: the device's SSH host key is not the expected
 	// one. Aborted.
 	ReasonHostKeyMismatch Reason = "host-key-mismatch"
+	// ReasonAuthFailed: the device refused the credentials (SSH login)
+	// before anything was sent to it: trying again with the same ones
+	// would not help. Aborted.
+	ReasonAuthFailed Reason = "auth-failed"
 	// ReasonInsufficientMemory: the image does not fit in the device's free
 	// memory even after stopping services. Aborted.
 	ReasonInsufficientMemory Reason = "insufficient-memory"
@@ -91,6 +95,7 @@ var reasons = map[Reason]reasonInfo{
 	ReasonUploadCorrupt:            {true, Aborted},
 	ReasonIdentityMismatch:         {false, Aborted},
 	ReasonHostKeyMismatch:          {false, Aborted},
+	ReasonAuthFailed:               {false, Aborted},
 	ReasonInsufficientMemory:       {false, Aborted},
 	ReasonImageInvalid:             {false, Aborted},
 	ReasonAlreadyInstalled:         {false, Success},

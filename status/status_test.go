@@ -254,6 +254,7 @@ func TestReasons(t *testing.T) {
 		{status.ReasonUploadCorrupt, true, status.Aborted},
 		{status.ReasonIdentityMismatch, false, status.Aborted},
 		{status.ReasonHostKeyMismatch, false, status.Aborted},
+		{status.ReasonAuthFailed, false, status.Aborted},
 		{status.ReasonInsufficientMemory, false, status.Aborted},
 		{status.ReasonImageInvalid, false, status.Aborted},
 		{status.ReasonAlreadyInstalled, false, status.Success},
