@@ -5,13 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
+
+// maxMeminfoBytes bounds the values parseMeminfo and parseDfAvailable
+// believe (an exbibyte): larger ones, or negative ones, are not a device's
+// memory, and would overflow once added up.
+const maxMeminfoBytes = 1 << 60
 
 // parseMeminfo returns MemAvailable from /proc/meminfo in bytes. Kernels
 // before 3.14 (OpenWrt 12.09 and 14.07) have no MemAvailable: the estimate
@@ -27,10 +32,13 @@ func parseMeminfo(s string) (int64, string, bool) {
 			continue
 		}
 		n, err := strconv.ParseInt(f[1], 10, 64)
-		if err != nil {
+		if err != nil || n < 0 || n > maxMeminfoBytes {
 			continue
 		}
 		if len(f) >= 3 && strings.EqualFold(f[2], "kB") {
+			if n > maxMeminfoBytes/1024 {
+				continue
+			}
 			n *= 1024
 		}
 		vals[strings.TrimSuffix(f[0], ":")] = n
@@ -65,7 +73,7 @@ func parseDfAvailable(s string) (int64, bool) {
 		return 0, false
 	}
 	n, err := strconv.ParseInt(f[len(f)-3], 10, 64)
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > maxMeminfoBytes/1024 {
 		return 0, false
 	}
 	return n * 1024, true
@@ -132,9 +140,23 @@ func (a *attempt) availableMemory(ctx context.Context) (free int64, field string
 	return free, field, true, nil
 }
 
-// checkMemory frees what can be freed cheaply, then stops services if the
-// image still does not fit.
+// checkMemory makes room for the image (makeRoom), then, before the upload
+// that follows, records the image's file, to be removed if the attempt ends
+// before flashing (see undoRecord).
 func (a *attempt) checkMemory(ctx context.Context) error {
+	if err := a.makeRoom(ctx); err != nil {
+		return err
+	}
+	if err := a.recordUndo(ctx, undoRecord{Image: a.remotePath}); err != nil {
+		return err
+	}
+	a.uploaded = true // from now on the image may be there: cleanup removes it
+	return nil
+}
+
+// makeRoom frees what can be freed cheaply, then stops services if the
+// image still does not fit.
+func (a *attempt) makeRoom(ctx context.Context) error {
 	if _, err := a.exec(ctx, command("rm", "-rf", opkgListsDir)); err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -181,20 +203,27 @@ func (a *attempt) checkMemory(ctx context.Context) error {
 func initScript(svc string) string { return "/etc/init.d/" + svc }
 
 // stopServices stops the configured services the device has, then the
-// wireless unless Config.KeepWireless. Each one stopped is recorded, to be started again by cleanup.
+// wireless unless Config.KeepWireless. Each change is recorded with the
+// operation before it is made (undoRecord), and each service counts as
+// stopped, to be started again by cleanup, from the moment its stop command
+// is sent: a command cut off (a cancel, a deadline, a command timeout, a
+// dropped session) may have run on the device. Only a device that says the
+// service does not exist (exit 127) takes it off the list.
 func (a *attempt) stopServices(ctx context.Context) error {
+	if err := a.recordUndo(ctx, undoRecord{Services: a.cfg.Services}); err != nil {
+		return err
+	}
 	for _, svc := range a.cfg.Services {
+		a.stopped = append(a.stopped, svc)
 		_, err := a.exec(ctx, command(initScript(svc), "stop"))
 		var ce *CommandError
 		switch {
 		case err == nil:
-			a.stopped = append(a.stopped, svc)
 			a.logf(ctx, "Stopped service %s", svc)
 		case errors.As(err, &ce) && ce.ExitStatus == 127:
-			// Not installed.
+			a.stopped = a.stopped[:len(a.stopped)-1] // not installed
 		case errors.As(err, &ce):
-			a.logf(ctx, "Could not stop service %s: %v", svc, plain(err))
-			a.stopped = append(a.stopped, svc) // it may be half stopped: start it again later
+			a.logf(ctx, "Could not stop service %s: %v", svc, plain(err)) // it may be half stopped: started again later
 		default:
 			return transportError(ctx, "stop service "+svc, err)
 		}
@@ -202,12 +231,17 @@ func (a *attempt) stopServices(ctx context.Context) error {
 	if a.cfg.KeepWireless {
 		return nil // a device managed over its wireless uplink must not lose it
 	}
+	if err := a.recordUndo(ctx, undoRecord{Wifi: true}); err != nil {
+		return err
+	}
+	a.wifiDown = true
 	_, err := a.exec(ctx, command("wifi", "down"))
 	var ce *CommandError
 	switch {
 	case err == nil:
-		a.wifiDown = true
 		a.logf(ctx, "Wireless brought down")
+	case errors.As(err, &ce) && ce.ExitStatus == 127:
+		a.wifiDown = false // no wifi command: no wireless to bring down
 	case errors.As(err, &ce):
 		a.logf(ctx, "Could not bring the wireless down: %v", plain(err))
 	default:
@@ -216,33 +250,41 @@ func (a *attempt) stopServices(ctx context.Context) error {
 	return nil
 }
 
+// ownUndo is what this attempt changed and has not undone.
+func (a *attempt) ownUndo() undoRecord {
+	r := undoRecord{Services: slices.Clone(a.stopped), Wifi: a.wifiDown}
+	if a.uploaded {
+		r.Image = a.remotePath
+	}
+	return r
+}
+
 // cleanupCommands are what undoes an attempt that stopped before flashing:
 // remove the uploaded image, start the stopped services, bring the wireless
-// up.
+// up. What earlier attempts of the operation left (upgrader.Job.Undo: an
+// engine that died, a cleanup that could not reach the device) is undone
+// with it, once this attempt reached the device.
 func (a *attempt) cleanupCommands() []string {
-	var cmds []string
-	if a.uploaded {
-		cmds = append(cmds, command("rm", "-f", a.remotePath))
+	r := a.ownUndo()
+	if a.c != nil {
+		adopted, _ := parseUndo(a.job.Undo, a.remotePath, a.cfg.Services, a.cfg.KeepWireless)
+		r = r.merge(adopted)
 	}
-	for _, svc := range a.stopped {
-		cmds = append(cmds, command(initScript(svc), "start"))
-	}
-	if a.wifiDown {
-		cmds = append(cmds, command("wifi", "up"))
-	}
-	return cmds
+	return r.commands()
 }
 
 // cleanup runs when Upgrade returns. Unless the flash was decided, it
-// undoes what the attempt changed on the device, on the attempt's
-// connection or, when that one is gone (ctx ended, connection dropped), on
-// a new one made with a fresh short context.
+// undoes what the attempt changed on the device, and what earlier attempts
+// left (see cleanupCommands), on the attempt's connection or, when that one
+// is gone (ctx ended, connection dropped), on a new one made with a fresh
+// short context.
 //
 // After the engine lost its claim on the operation (upgrader.ErrLeaseLost
 // is the context's cause) it undoes nothing: another engine may be working
 // on the device now, and removing its upload or starting services under it
-// would break that attempt. The next attempt or the flash's reboot puts the
-// device right.
+// would break that attempt. The engine that took over undoes it (the
+// attempt's undo records come to it in upgrader.Job.Undo), or the flash's
+// reboot puts the device right.
 func (a *attempt) cleanup(ctx context.Context) {
 	if a.flashing {
 		return
@@ -254,10 +296,22 @@ func (a *attempt) cleanup(ctx context.Context) {
 	a.undo(ctx)
 }
 
-// undo runs cleanupCommands and forgets what it undid.
+// undo runs cleanupCommands and forgets what it undid; it then tells the
+// engine that nothing recorded is left to undo. It tries new connections
+// until its budget (ConnectTimeout plus twice CommandTimeout) is spent,
+// while the attempt's context lives, or ended by a cancel or its deadline.
+// Once it ends for another reason (the engine stops, the caller gave up)
+// no new connection is tried: the operation is then resumed, or ended, by
+// an engine that undoes what is left (the undo records).
 func (a *attempt) undo(ctx context.Context) {
 	cmds := a.cleanupCommands()
+	if a.c != nil && len(a.job.Undo) > 0 {
+		_ = a.adopted(ctx) // logs the records set aside
+	}
 	if len(cmds) == 0 {
+		if a.c != nil && len(a.job.Undo) > 0 {
+			a.undone(ctx) // earlier records asked for nothing this package would do
+		}
 		return
 	}
 	// A context of its own: a cancel or a deadline arriving while the
@@ -268,38 +322,18 @@ func (a *attempt) undo(ctx context.Context) {
 	if ctx.Err() != nil {
 		c = nil
 	}
-	for try := 0; try < 2; try++ {
-		if c == nil {
-			var err error
-			if c, err = a.connect(cctx); err != nil {
-				a.logf(ctx, "Cannot reconnect to start the stopped services again: %v", plain(err))
-				a.log.Error("openwrt: services left stopped on the device", "services", a.stopped, "error", err)
-				return
-			}
-			defer c.Close()
-		}
-		done := 0
-		for _, cmd := range cmds {
-			_, err := c.run(cctx, a.cfg.CommandTimeout, cmd)
-			var ce *CommandError
-			if err != nil && !errors.As(err, &ce) {
-				break // the connection is broken: try again on a new one
-			}
-			if err != nil {
-				a.logf(ctx, "Cleanup command failed: %v", plain(err))
-			}
-			done++
-		}
-		if done == len(cmds) {
-			if len(a.stopped) > 0 || a.wifiDown {
-				a.logf(ctx, "Stopped services started again")
-			}
-			a.stopped, a.wifiDown, a.uploaded = nil, false, false
-			return
-		}
-		cmds = cmds[done:]
-		c = nil
-		_ = sleep(cctx, 100*time.Millisecond)
+	keepTrying := func() bool {
+		cause := context.Cause(ctx)
+		return ctx.Err() == nil || errors.Is(cause, upgrader.ErrCancelled) || errors.Is(cause, context.DeadlineExceeded)
 	}
-	a.logf(ctx, "Could not start the stopped services again")
+	if err := a.runUndo(cctx, ctx, c, cmds, keepTrying); err != nil {
+		a.logf(ctx, "Could not start the stopped services again: %v", plain(err))
+		a.log.Error("openwrt: services left stopped on the device", "services", a.stopped, "error", err)
+		return
+	}
+	if len(a.stopped) > 0 || a.wifiDown {
+		a.logf(ctx, "Stopped services started again")
+	}
+	a.stopped, a.wifiDown, a.uploaded = nil, false, false
+	a.undone(ctx)
 }

@@ -573,6 +573,10 @@ func (e *Engine) CancelBatch(ctx context.Context, id string) (store.Batch, error
 	for _, op := range ops {
 		if c := e.heldClaim(op.ID); c != nil {
 			c.markCancelled()
+		} else if !op.StartedAt.IsZero() {
+			// An attempt of another engine, or of a dead one, may have
+			// left changes on the device: undone once its lease lapsed.
+			e.restoreLater(op, e.cfg.Now().Add(e.cfg.LeaseDuration))
 		}
 		e.wakeWaiters(op.ID)
 		e.events.publish(opEvent(EventOperationState, op, e.cfg.Now()))

@@ -448,7 +448,11 @@ var ErrNotCancellable = errors.New("upgrader: operation can no longer be cancell
 // upgrade goes on. A running attempt is interrupted: at once when this
 // engine runs it, within one lease renewal (Config.LeaseDuration/3) when
 // another engine sharing the store does; it restarts the services it
-// stopped. Cancel returns the operation as it is afterwards.
+// stopped. When no attempt runs it (its engine died, or it waits for a
+// retry), what its last attempt left changed on the device is undone by this
+// engine's maintenance once that attempt's lease lapsed (see Restorer): the
+// engine must be started for that, and Stop waits for it. Cancel returns
+// the operation as it is afterwards.
 func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error) {
 	for range 5 {
 		op, err := e.store.Operation(ctx, id)
@@ -471,9 +475,7 @@ func (e *Engine) Cancel(ctx context.Context, id string) (store.Operation, error)
 		if err != nil {
 			return op, err
 		}
-		if c := e.heldClaim(id); c != nil {
-			c.markCancelled() // here at once; another engine's holder learns it at its next renewal
-		}
+		e.afterCancel(op)
 		e.published(upd, EventOperationState)
 		e.events.publish(Event{Kind: EventOperationLog, Time: e.cfg.Now(), OperationID: id, DeviceID: upd.DeviceID, BatchID: upd.BatchID, Line: "cancelled by user"})
 		return upd, nil

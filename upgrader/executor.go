@@ -87,6 +87,17 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 		return e.endWith(c, op, status.Aborted, reason, why)
 	}
 
+	// What earlier attempts may have left changed on the device: this
+	// attempt undoes it with its own changes, or endWith restores it.
+	st := &undoState{}
+	if !op.StartedAt.IsZero() {
+		if st.records, err = e.loadUndo(c.wctx, op.ID); err != nil {
+			return op, time.Time{}, err
+		}
+	}
+	e.maint.track(op.ID, st)
+	defer e.maint.untrack(op.ID, st)
+
 	// Start the attempt.
 	var lines []string
 	if op.Phase != status.PhaseNone {
@@ -130,7 +141,8 @@ func (e *Engine) step(ctx context.Context, c *claim, op store.Operation) (store.
 	defer c.setCancel(nil)
 
 	rep := &reporter{e: e, c: c, op: started}
-	job := &Job{Operation: started, Device: d, Image: img, Report: rep, WrongBoard: e.wrongBoard(img.Image, d)}
+	job := &Job{Operation: started, Device: d, Image: img, Report: &undoReporter{reporter: rep, st: st},
+		WrongBoard: e.wrongBoard(img.Image, d), Undo: st.pending()}
 	uerr := e.callUpgrade(actx, u, job)
 	return e.finish(ctx, actx, c, started, job, rep.proved(), uerr)
 }
@@ -215,7 +227,12 @@ func (e *Engine) finish(ctx, actx context.Context, c *claim, started store.Opera
 		return started, time.Time{}, err
 	}
 	if op.State.Terminal() {
-		return op, time.Time{}, nil // cancelled while the attempt ran
+		// Cancelled while the attempt ran: the attempt undid its changes,
+		// unless its cleanup failed; then one more try, after the end.
+		if st := e.maint.undoOf(op.ID); st != nil && len(st.pending()) > 0 && !op.Phase.AfterPointOfNoReturn() {
+			e.restoreLater(op, e.cfg.Now())
+		}
+		return op, time.Time{}, nil
 	}
 	pastFlash := op.Phase.AfterPointOfNoReturn()
 
@@ -488,6 +505,10 @@ func (e *Engine) succeed(c *claim, op store.Operation, reason status.Reason, det
 // write lands, the lease is lost or the engine stops for good: an operation
 // is never left in progress by one failed write.
 func (e *Engine) endWith(c *claim, op store.Operation, to status.State, reason status.Reason, detail string) (store.Operation, time.Time, error) {
+	// Before flashing, what an attempt left changed on the device is undone
+	// first, under the claim: no other operation of the device can start
+	// before this one ends.
+	e.restoreBeforeEnd(c, op)
 	var err error
 	for range 5 {
 		target := to

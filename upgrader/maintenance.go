@@ -17,10 +17,19 @@ const expireBatch = 500
 // engine was lost need no scan: their expired lease makes them claimable,
 // and the executor that claims one starts a new attempt before flashing or
 // verifies at or after it.
+//
+// Maintenance also runs the restores of operations this engine ended
+// before flashing without a claim (see restoreLater): a deadline it expired,
+// a cancel it won. Stop waits for them.
 type maintenance struct {
 	mu   sync.Mutex
 	next time.Time
 	hint chan struct{}
+
+	restores []restoreRequest      // asked for, not started
+	running  sync.WaitGroup        // restores started
+	sem      chan struct{}         // bounds the restores running at once
+	undo     map[string]*undoState // of the operations this engine runs (see track)
 }
 
 func (m *maintenance) wakeAt(t time.Time) {
@@ -43,6 +52,9 @@ func (e *Engine) maintain() {
 	for {
 		select {
 		case <-e.runCtx.Done():
+			// A restore asked for is not dropped: its device may have
+			// services stopped.
+			e.drainRestores()
 			return
 		case <-t.C:
 		case <-m.hint:
@@ -54,6 +66,7 @@ func (e *Engine) maintain() {
 		m.mu.Unlock()
 		e.expireDeadlines(e.runCtx)
 		e.advanceBatches(e.runCtx)
+		e.runRestores(false)
 		wait := jitter(e.cfg.MaintenanceInterval)
 		m.mu.Lock()
 		if !m.next.IsZero() {
@@ -71,7 +84,9 @@ func (e *Engine) maintain() {
 }
 
 // expireDeadlines ends every operation whose deadline passed and that
-// nobody holds, and tells the host.
+// nobody holds, and tells the host. An operation that had an attempt may
+// have been left with changes on its device (its engine died before
+// flashing): it is restored (see restoreLater).
 func (e *Engine) expireDeadlines(ctx context.Context) {
 	for {
 		ops, err := e.store.ExpireDeadlines(ctx, expireBatch)
@@ -86,6 +101,9 @@ func (e *Engine) expireDeadlines(ctx context.Context) {
 			e.published(op, EventOperationState)
 			e.log.Info("operation ended", slog.String("operation", op.ID), slog.String("device", op.DeviceID),
 				slog.String("state", string(op.State)), slog.String("reason", string(op.Reason)))
+			if !op.StartedAt.IsZero() {
+				e.restoreLater(op, e.cfg.Now())
+			}
 		}
 		if len(ops) < expireBatch {
 			return

@@ -41,6 +41,50 @@ type Verifier interface {
 	Verify(ctx context.Context, job *Job) error
 }
 
+// Restorer is implemented by upgraders that can undo what an attempt
+// interrupted before flashing left on its device: services stopped to free
+// memory, a partial image, the wireless brought down. The engine calls
+// Restore when an operation ends before status.PhaseFlashing while
+// Job.Undo holds records that no attempt reported undone (an attempt whose
+// engine died or lost its claim, or whose own cleanup could not reach the
+// device), and no new attempt will run: the operation was cancelled, timed
+// out, ran out of attempts or was aborted.
+//
+// Restore works from Job.Undo alone: it must never flash, never call
+// Job.Report.Phase or Progress, and it is idempotent (the same records may
+// be restored twice, by an attempt's cleanup and by Restore). It returns
+// nil once everything is undone (the engine then clears the records) and
+// an error when something could not be; it logs what it did with
+// Job.Report.Log. Restore honours ctx. The engine runs it under the
+// operation's claim when it ends the operation itself, and otherwise (a
+// cancel, a deadline ended by maintenance: a terminal operation cannot be
+// claimed) only once the interrupted attempt's lease lapsed and while no
+// other operation of the device runs.
+type Restorer interface {
+	Restore(ctx context.Context, job *Job) error
+}
+
+// UndoRecorder is implemented by the engine's Reporter: find it with a type
+// assertion on Job.Report. An upgrader that changes the device in ways it
+// must undo when the attempt ends before flashing records each change with
+// RecordUndo before it makes it, so that whoever runs the operation next
+// (another attempt, on any engine, or Restore) can undo it if this attempt
+// is cut short: a killed engine, a lost claim, a dropped connection. The
+// records are kept with the operation (its log) and come back in Job.Undo.
+type UndoRecorder interface {
+	// RecordUndo keeps record (the upgrader's own text, one line of at most
+	// MaxUndoRecordLen characters) with the operation. When it returns an
+	// error the upgrader must not make the change (the store cannot be
+	// written, the claim was lost, the operation was cancelled).
+	RecordUndo(ctx context.Context, record string) error
+	// Undone says that everything recorded so far (this attempt's records
+	// and Job.Undo) was undone on the device: no one needs to undo it again.
+	Undone(ctx context.Context) error
+}
+
+// MaxUndoRecordLen bounds one undo record, in characters.
+const MaxUndoRecordLen = 2048
+
 // Job is what an attempt works on. The engine builds a new Job for every
 // attempt; upgraders must not keep it after Upgrade returns.
 type Job struct {
@@ -57,6 +101,13 @@ type Job struct {
 	// cannot bring a wrong image to a device (an image without metadata of
 	// its own to say which boards it is for).
 	WrongBoard func(board string) bool
+	// Undo holds the records (see UndoRecorder) that earlier attempts of
+	// the operation kept and no attempt reported undone, oldest first:
+	// what an interrupted attempt may have left changed on the device. An
+	// upgrader that records changes undoes these too when its own attempt
+	// ends before flashing, whatever its outcome (and reports it with
+	// UndoRecorder.Undone); Restore undoes them when no attempt follows.
+	Undo []string
 }
 
 // Image is the firmware image of a Job.

@@ -58,6 +58,12 @@ const (
 	plainUnreachableError
 	// plainCancelError: a cancel gives context.Canceled, not ErrCancelled.
 	plainCancelError
+	// restoreFlashes: Restore enters PhaseFlashing and flashes.
+	restoreFlashes
+	// restoreOnce: a second Restore of the same records fails.
+	restoreOnce
+	// restoreIgnoresContext: Restore returns nil whatever ctx says.
+	restoreIgnoresContext
 )
 
 // hooks are the optional Harness fields a simHarness sets.
@@ -185,6 +191,31 @@ var brokenUpgraders = []struct {
 			"contract: Upgrade must return an error matching upgrader.ErrCancelled once the Reporter reports a cancel (cancelled while Upgrade was in upload): got context canceled (classified failed)",
 		},
 	},
+	{
+		name:  "RestoreFlashes",
+		bug:   restoreFlashes,
+		hooks: allHooks,
+		want: []string{
+			"contract: Restore must never flash: the device's flash count went from 0 to 1 during Restore",
+			"contract: Restore must never call Job.Report.Phase (a restore is no attempt, and never flashes): it called Phase(flashing)",
+		},
+	},
+	{
+		name:  "RestoreOnce",
+		bug:   restoreOnce,
+		hooks: hooks{},
+		want: []string{
+			"contract: Restore must undo what an attempt cancelled as it entered flashing recorded (1 undo records), on a reachable device, and return nil (call 2: restores are idempotent)",
+		},
+	},
+	{
+		name:  "RestoreIgnoresContext",
+		bug:   restoreIgnoresContext,
+		hooks: hooks{},
+		want: []string{
+			"contract: Restore must honour ctx: it returned nil (all undone) although ctx ended before it started, with 1 undo records to undo",
+		},
+	},
 }
 
 // TestSuiteFailsBrokenUpgraders runs the suite on each broken upgrader in a
@@ -275,6 +306,14 @@ type simDevice struct {
 	mu          sync.Mutex
 	flashes     int
 	unreachable bool
+	changed     bool // an attempt changed it before flashing (undone by cleanup or Restore)
+	restores    int
+}
+
+func (d *simDevice) setChanged(v bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.changed = v
 }
 
 func (d *simDevice) flash() {
@@ -368,7 +407,12 @@ type simUpgrader struct {
 var (
 	_ upgrader.Upgrader = (*simUpgrader)(nil)
 	_ upgrader.Verifier = (*simUpgrader)(nil)
+	_ upgrader.Restorer = (*simUpgrader)(nil)
 )
+
+// simUndo is the sim's undo record: it makes room on the device before the
+// upload.
+const simUndo = "sim: room made for the image"
 
 // Upgrade implements upgrader.Upgrader.
 func (u *simUpgrader) Upgrade(ctx context.Context, job *upgrader.Job) error {
@@ -379,15 +423,15 @@ func (u *simUpgrader) Upgrade(ctx context.Context, job *upgrader.Job) error {
 	for _, p := range []status.Phase{status.PhaseConnecting, status.PhaseIdentity, status.PhaseChecksum,
 		status.PhaseMemory, status.PhaseUpload, status.PhaseImageTest} {
 		if err := u.enter(ctx, job, p); err != nil {
-			return u.stopped(err)
+			return u.stopped(ctx, job, dev, err)
 		}
 		if err := u.step(ctx, job, dev, p); err != nil {
-			return u.stopped(err)
+			return u.stopped(ctx, job, dev, err)
 		}
 	}
 	if u.bug != skipsFlashingPhase && u.bug != noPhases {
 		if err := u.enter(ctx, job, status.PhaseFlashing); err != nil {
-			return u.stopped(err)
+			return u.stopped(ctx, job, dev, err)
 		}
 	}
 	dev.flash()
@@ -416,8 +460,15 @@ func (u *simUpgrader) enter(ctx context.Context, job *upgrader.Job, p status.Pha
 	return job.Report.Phase(ctx, p)
 }
 
-// stopped is the error Upgrade returns when a checkpoint or a step failed.
-func (u *simUpgrader) stopped(err error) error {
+// stopped undoes what the attempt changed (its cleanup) and returns the
+// error Upgrade returns when a checkpoint or a step failed.
+func (u *simUpgrader) stopped(ctx context.Context, job *upgrader.Job, dev *simDevice, err error) error {
+	if dev.reachable() {
+		dev.setChanged(false)
+		if r, ok := job.Report.(upgrader.UndoRecorder); ok {
+			_ = r.Undone(context.WithoutCancel(ctx))
+		}
+	}
 	if u.bug == plainCancelError && errors.Is(err, upgrader.ErrCancelled) {
 		return context.Canceled
 	}
@@ -434,6 +485,14 @@ func (u *simUpgrader) step(ctx context.Context, job *upgrader.Job, dev *simDevic
 			return upgrader.Recoverable(status.ReasonConnectionFailed, errors.New("sim: device unreachable"))
 		}
 		_ = job.Report.Progress(ctx, status.ProgressConnected)
+	case status.PhaseMemory:
+		// The one change made before flashing, recorded first.
+		if r, ok := job.Report.(upgrader.UndoRecorder); ok {
+			if err := r.RecordUndo(ctx, simUndo); err != nil && u.bug != ignoresCancel {
+				return err
+			}
+		}
+		dev.setChanged(true)
 	case status.PhaseUpload:
 		uctx := ctx
 		if u.bug == ignoresCancel {
@@ -489,5 +548,48 @@ func (u *simUpgrader) Verify(ctx context.Context, job *upgrader.Job) error {
 	if dev.flashCount() == 0 {
 		return upgrader.Failed(status.ReasonOldFirmwareAfterReboot, errors.New("sim: the device runs its old firmware"))
 	}
+	return nil
+}
+
+// Restore implements upgrader.Restorer: it undoes what the sim records.
+func (u *simUpgrader) Restore(ctx context.Context, job *upgrader.Job) error {
+	dev := u.lab.device(job.Device.ID)
+	if dev == nil {
+		return upgrader.Aborted(status.ReasonUpgraderError, fmt.Errorf("sim: no device %s", job.Device.ID))
+	}
+	dev.mu.Lock()
+	dev.restores++
+	n := dev.restores
+	dev.mu.Unlock()
+	switch u.bug {
+	case restoreFlashes:
+		if err := job.Report.Phase(ctx, status.PhaseFlashing); err != nil {
+			return err
+		}
+		dev.flash()
+		return nil
+	case restoreOnce:
+		if n > 1 {
+			return upgrader.Failed(status.ReasonUpgraderError, errors.New("sim: nothing left to restore"))
+		}
+	case restoreIgnoresContext:
+		dev.setChanged(false)
+		return nil
+	}
+	for _, rec := range job.Undo {
+		if rec != simUndo {
+			return upgrader.Failed(status.ReasonUpgraderError, fmt.Errorf("sim: unknown undo record %q", rec))
+		}
+	}
+	if len(job.Undo) == 0 {
+		return nil
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	if !dev.reachable() {
+		return upgrader.Recoverable(status.ReasonConnectionFailed, errors.New("sim: device unreachable"))
+	}
+	dev.setChanged(false)
 	return nil
 }

@@ -44,12 +44,25 @@
 //   - VerifyHonoursCancelledContext (Verifiers): Verify of a device that was
 //     never upgraded, with ctx ended, returns an error within
 //     Harness.Timeout and does not flash.
+//   - RestoreUndoesAnInterruptedAttempt (Restorers): given every undo
+//     record an attempt cancelled as it entered PhaseFlashing kept (as if
+//     it had died before its own cleanup), Restore returns nil, calls
+//     neither Job.Report.Phase nor Progress and (with Harness.Flashed or
+//     Harness.FlashCountFunc) does not flash; a second Restore of the same
+//     records returns nil too (restores are idempotent).
+//   - RestoreHonoursCancelledContext (Restorers): with ctx ended, Restore
+//     returns within Harness.Timeout, does not return nil when there were
+//     records to undo, calls neither Phase nor Progress and does not flash.
 //
-// In every subtest, Upgrade and Verify return within Harness.Timeout of the
-// end of their context, do not panic, and classify their errors with a
-// known [status.Reason].
+// The suite's [Reporter] is an [upgrader.UndoRecorder], as the engine's
+// Reporter is: it refuses a record once a cancel won or ctx ended.
+//
+// In every subtest, Upgrade, Verify and Restore return within
+// Harness.Timeout of the end of their context, do not panic, and classify
+// their errors with a known [status.Reason].
 //
 // The suite is itself tested against broken upgraders (a Verify that always
 // succeeds or that flashes, an Upgrade that ignores cancels and its context,
-// skips phases or returns plain errors), each of which it must fail.
+// skips phases or returns plain errors, a Restore that flashes, is not
+// idempotent or ignores its context), each of which it must fail.
 package upgradertest

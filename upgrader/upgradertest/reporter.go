@@ -2,9 +2,12 @@ package upgradertest
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
+	"unicode/utf8"
 
 	"github.com/fwupgrader/fwupgrader/status"
 	"github.com/fwupgrader/fwupgrader/upgrader"
@@ -13,7 +16,9 @@ import (
 // Reporter is a recording upgrader.Reporter with the engine's cancel rules:
 // Cancel and entering PhaseFlashing exclude each other, exactly one wins;
 // like the engine's, it refuses Phase once the caller's context has ended.
-// It is safe for concurrent use.
+// It is also an upgrader.UndoRecorder, as the engine's Reporter is: it keeps
+// the undo records (UndoRecords, PendingUndo). It is safe for concurrent
+// use.
 type Reporter struct {
 	mu        sync.Mutex
 	phases    []status.Phase // entered
@@ -21,6 +26,8 @@ type Reporter struct {
 	progress  []int
 	invalid   []int // progress values refused as out of range
 	lines     []string
+	undo      []string // undo records, in order
+	undone    int      // how many of them an Undone call covered
 	cancelled bool
 	// onPhase, when set, runs after every Phase call (without the lock held)
 	// with the phase and the call's result; Run uses it to cancel an
@@ -37,7 +44,10 @@ type phaseCall struct {
 	err   error
 }
 
-var _ upgrader.Reporter = (*Reporter)(nil)
+var (
+	_ upgrader.Reporter     = (*Reporter)(nil)
+	_ upgrader.UndoRecorder = (*Reporter)(nil)
+)
 
 // Phase implements upgrader.Reporter. It returns an error matching
 // upgrader.ErrCancelled once a cancel won, ctx.Err() when ctx has ended, and
@@ -111,6 +121,54 @@ func (r *Reporter) Cancelled(ctx context.Context) error {
 		return upgrader.ErrCancelled
 	}
 	return ctx.Err()
+}
+
+// RecordUndo implements upgrader.UndoRecorder with the engine's rules: it
+// refuses a record that is empty, not one line of valid UTF-8 or longer than
+// upgrader.MaxUndoRecordLen characters, and any record once a cancel won or
+// ctx ended (the upgrader must then not make the change).
+func (r *Reporter) RecordUndo(ctx context.Context, rec string) error {
+	switch {
+	case rec == "" || !utf8.ValidString(rec) || strings.ContainsAny(rec, "\x00\r\n"):
+		return errors.New("upgradertest: an undo record is one line of valid UTF-8")
+	case utf8.RuneCountInString(rec) > upgrader.MaxUndoRecordLen:
+		return fmt.Errorf("upgradertest: an undo record has at most %d characters", upgrader.MaxUndoRecordLen)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cancelled {
+		return upgrader.ErrCancelled
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	r.undo = append(r.undo, rec)
+	return nil
+}
+
+// Undone implements upgrader.UndoRecorder: every record kept so far counts
+// as undone.
+func (r *Reporter) Undone(context.Context) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.undone = len(r.undo)
+	return nil
+}
+
+// UndoRecords returns every undo record kept, in order, undone or not.
+func (r *Reporter) UndoRecords() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.undo)
+}
+
+// PendingUndo returns the undo records that no Undone call covered: what
+// the engine hands to the operation's next attempt (upgrader.Job.Undo), or
+// to a Restorer.
+func (r *Reporter) PendingUndo() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.undo[r.undone:])
 }
 
 // Cancel cancels the operation unless it already entered PhaseFlashing; it

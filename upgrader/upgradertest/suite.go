@@ -225,6 +225,35 @@ func Run(t *testing.T, newHarness func(t *testing.T) Harness) {
 		}
 	})
 
+	t.Run("RestoreUndoesAnInterruptedAttempt", func(t *testing.T) {
+		t.Parallel()
+		s := setup(t, newHarness)
+		r := s.restorer()
+		recs := s.interruptedRecords()
+		for call := 1; call <= 2; call++ {
+			rep := &Reporter{}
+			if err := s.restore(context.Background(), r, rep, recs); err != nil {
+				t.Errorf("contract: Restore must undo what an attempt cancelled as it entered flashing recorded (%d undo records), on a reachable device, and return nil (call %d: restores are idempotent): %v",
+					len(recs), call, err)
+			}
+			s.checkRestoreReportedNothing(rep)
+		}
+	})
+
+	t.Run("RestoreHonoursCancelledContext", func(t *testing.T) {
+		t.Parallel()
+		s := setup(t, newHarness)
+		r := s.restorer()
+		recs := s.interruptedRecords()
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		rep := &Reporter{}
+		if err := s.restore(ctx, r, rep, recs); err == nil && len(recs) > 0 {
+			t.Errorf("contract: Restore must honour ctx: it returned nil (all undone) although ctx ended before it started, with %d undo records to undo", len(recs))
+		}
+		s.checkRestoreReportedNothing(rep)
+	})
+
 	t.Run("VerifyHonoursCancelledContext", func(t *testing.T) {
 		t.Parallel()
 		s := setup(t, newHarness)
@@ -320,6 +349,59 @@ func (s *subject) verifier() upgrader.Verifier {
 		s.t.Skip("the upgrader is not an upgrader.Verifier")
 	}
 	return v
+}
+
+// restorer returns the upgrader's Restorer or skips the subtest.
+func (s *subject) restorer() upgrader.Restorer {
+	s.t.Helper()
+	r, ok := s.h.Upgrader.(upgrader.Restorer)
+	if !ok {
+		s.t.Skip("the upgrader is not an upgrader.Restorer")
+	}
+	return r
+}
+
+// interruptedRecords runs an Upgrade cancelled as it enters PhaseFlashing
+// (it made every change it makes before flashing) and returns every undo
+// record it kept, undone or not: what an engine that died before the
+// attempt's own cleanup would hand to Restore.
+func (s *subject) interruptedRecords() []string {
+	s.t.Helper()
+	s.rep.CancelAt = status.PhaseFlashing
+	err := s.upgrade(context.Background())
+	s.checkCancelled(err, "as Upgrade entered flashing")
+	return s.rep.UndoRecords()
+}
+
+// restore runs Restore on the subject's job with rep as its reporter and
+// recs as its undo records.
+func (s *subject) restore(parent context.Context, r upgrader.Restorer, rep *Reporter, recs []string) error {
+	s.t.Helper()
+	ctx, cancel := context.WithTimeout(parent, s.timeout)
+	defer cancel()
+	job := *s.job
+	job.Report, job.Undo = rep, slices.Clone(recs)
+	before, counted := s.flashCount()
+	err := s.call(ctx, "Restore", func(ctx context.Context) error { return r.Restore(ctx, &job) })
+	s.checkClassified("Restore", err)
+	if after, _ := s.flashCount(); counted && after != before {
+		s.t.Errorf("contract: Restore must never flash: the device's flash count went from %d to %d during Restore", before, after)
+	} else if flashed, known := s.flashed(); !counted && known && flashed {
+		s.t.Error("contract: Restore must never flash: the device was flashed during Restore")
+	}
+	return err
+}
+
+// checkRestoreReportedNothing checks that Restore called neither Phase nor
+// Progress: a restore is no attempt.
+func (s *subject) checkRestoreReportedNothing(rep *Reporter) {
+	s.t.Helper()
+	if calls := rep.phaseCalls(); len(calls) > 0 {
+		s.t.Errorf("contract: Restore must never call Job.Report.Phase (a restore is no attempt, and never flashes): it called Phase(%s)", calls[0].phase)
+	}
+	if p := rep.ProgressValues(); len(p) > 0 {
+		s.t.Errorf("contract: Restore must never call Job.Report.Progress (a restore is no attempt): it reported %v", p)
+	}
 }
 
 // verify runs Verify on the subject's job with rep as its reporter.
