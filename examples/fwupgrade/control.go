@@ -41,7 +41,7 @@ func batchFlag(f *flagSet, v *string) {
 		"The batch's id, as 'fwupgrade batch' printed it. Required.")
 }
 
-// control opens the store and reads the batch; it returns the engine to
+// open opens the store and reads the batch; it returns the engine to
 // act with, and an exit code other than -1 when it failed.
 func (cf *controlFlags) open(ctx context.Context, s *streams, cmd string) (*pgStore, *upgrader.Engine, store.Batch, int) {
 	if err := cf.store.check(true); err != nil {
@@ -91,6 +91,34 @@ func (cf *controlFlags) report(ctx context.Context, s *streams, cmd string, st s
 	return exitSuccess
 }
 
+// controlAction is what a control command does to batch b; it returns the
+// note printed before the batch's summary.
+type controlAction func(ctx context.Context, cf *controlFlags, eng *upgrader.Engine, b store.Batch) (note string, err error)
+
+// run opens the store and reads the batch, does act, and reports the
+// batch's summary after act's note; an error of act fails the command.
+func (cf *controlFlags) run(ctx context.Context, s *streams, cmd string, act controlAction) int {
+	pg, eng, b, code := cf.open(ctx, s, cmd)
+	if code >= 0 {
+		return code
+	}
+	defer pg.close()
+	note, err := act(ctx, cf, eng, b)
+	if err != nil {
+		return fail(s, cmd, exitError, err)
+	}
+	return cf.report(ctx, s, cmd, pg.store, note)
+}
+
+// defineControl is the define of control command cmd, which does act.
+func defineControl(cmd string, act controlAction) func(*flagSet) func(context.Context, *streams) int {
+	return func(f *flagSet) func(context.Context, *streams) int {
+		cf := &controlFlags{}
+		cf.define(f)
+		return func(ctx context.Context, s *streams) int { return cf.run(ctx, s, cmd, act) }
+	}
+}
+
 func statusCommand() *command {
 	return &command{
 		name:     "status",
@@ -98,18 +126,9 @@ func statusCommand() *command {
 		synopsis: "fwupgrade status --store postgres://... [--schema NAME] --batch ID [--json]",
 		details:  controlDetails + "The exit code is 0 when the batch could be read, whatever its state.\n",
 		example:  "  fwupgrade status --store postgres://fw@db.example.net/fleet --batch 0190c3e2-7c1a-7b3e-9d6f-2a4b5c6d7e8f --json\n",
-		define: func(f *flagSet) func(context.Context, *streams) int {
-			cf := &controlFlags{}
-			cf.define(f)
-			return func(ctx context.Context, s *streams) int {
-				pg, _, _, code := cf.open(ctx, s, "status")
-				if code >= 0 {
-					return code
-				}
-				defer pg.close()
-				return cf.report(ctx, s, "status", pg.store, "")
-			}
-		},
+		define: defineControl("status", func(context.Context, *controlFlags, *upgrader.Engine, store.Batch) (string, error) {
+			return "", nil
+		}),
 	}
 }
 
@@ -123,36 +142,27 @@ flashing); nothing else starts until 'fwupgrade resume'. Pausing a paused
 batch is no error.
 `,
 		example: "  fwupgrade pause --store postgres://fw@db.example.net/fleet --batch 0190c3e2-7c1a-7b3e-9d6f-2a4b5c6d7e8f\n",
-		define: func(f *flagSet) func(context.Context, *streams) int {
-			cf := &controlFlags{}
-			cf.define(f)
-			return func(ctx context.Context, s *streams) int {
-				pg, eng, b, code := cf.open(ctx, s, "pause")
-				if code >= 0 {
-					return code
-				}
-				defer pg.close()
-				var note string
-				switch {
-				case b.State.Terminal():
-					return fail(s, "pause", exitError, fmt.Errorf("batch %s already ended (%s): nothing to pause", b.ID, b.State))
-				case b.CancelRequested:
-					return fail(s, "pause", exitError, fmt.Errorf("batch %s is being cancelled: nothing to pause", b.ID))
-				case b.State == status.BatchIdle:
-					return fail(s, "pause", exitError, fmt.Errorf("batch %s was never started (held): nothing to pause; start it with 'fwupgrade resume' or cancel it", b.ID))
-				case b.State == status.BatchPaused:
-					note = fmt.Sprintf("batch %s is already paused (%s)", b.ID, b.PauseReason)
-				default:
-					if _, err := eng.PauseBatch(ctx, b.ID); err != nil && !errors.Is(err, store.ErrInvalidTransition) {
-						return fail(s, "pause", exitError, cf.store.storeProblem(err))
-					}
-					note = fmt.Sprintf("batch %s paused: no new device starts; devices already running finish. Resume it with: %s",
-						b.ID, controlLine("resume", &cf.store, b.ID))
-				}
-				return cf.report(ctx, s, "pause", pg.store, note)
-			}
-		},
+		define:  defineControl("pause", pauseBatch),
 	}
+}
+
+// pauseBatch pauses a running batch; pausing a paused one is no error.
+func pauseBatch(ctx context.Context, cf *controlFlags, eng *upgrader.Engine, b store.Batch) (string, error) {
+	switch {
+	case b.State.Terminal():
+		return "", fmt.Errorf("batch %s already ended (%s): nothing to pause", b.ID, b.State)
+	case b.CancelRequested:
+		return "", fmt.Errorf("batch %s is being cancelled: nothing to pause", b.ID)
+	case b.State == status.BatchIdle:
+		return "", fmt.Errorf("batch %s was never started (held): nothing to pause; start it with 'fwupgrade resume' or cancel it", b.ID)
+	case b.State == status.BatchPaused:
+		return fmt.Sprintf("batch %s is already paused (%s)", b.ID, b.PauseReason), nil
+	}
+	if _, err := eng.PauseBatch(ctx, b.ID); err != nil && !errors.Is(err, store.ErrInvalidTransition) {
+		return "", cf.store.storeProblem(err)
+	}
+	return fmt.Sprintf("batch %s paused: no new device starts; devices already running finish. Resume it with: %s",
+		b.ID, controlLine("resume", &cf.store, b.ID)), nil
 }
 
 func cancelCommand() *command {
@@ -166,26 +176,19 @@ devices already flashing finish and are verified. A cancelled batch cannot
 be resumed.
 `,
 		example: "  fwupgrade cancel --store postgres://fw@db.example.net/fleet --batch 0190c3e2-7c1a-7b3e-9d6f-2a4b5c6d7e8f\n",
-		define: func(f *flagSet) func(context.Context, *streams) int {
-			cf := &controlFlags{}
-			cf.define(f)
-			return func(ctx context.Context, s *streams) int {
-				pg, eng, b, code := cf.open(ctx, s, "cancel")
-				if code >= 0 {
-					return code
-				}
-				defer pg.close()
-				if b.State.Terminal() {
-					return fail(s, "cancel", exitError, fmt.Errorf("batch %s already ended (%s): nothing to cancel", b.ID, b.State))
-				}
-				if _, err := eng.CancelBatch(ctx, b.ID); err != nil {
-					return fail(s, "cancel", exitError, cf.store.storeProblem(err))
-				}
-				note := fmt.Sprintf("batch %s cancelled: devices not yet flashing are cancelled; devices flashing finish and are verified", b.ID)
-				return cf.report(ctx, s, "cancel", pg.store, note)
-			}
-		},
+		define:  defineControl("cancel", cancelBatch),
 	}
+}
+
+// cancelBatch cancels a batch that has not ended.
+func cancelBatch(ctx context.Context, cf *controlFlags, eng *upgrader.Engine, b store.Batch) (string, error) {
+	if b.State.Terminal() {
+		return "", fmt.Errorf("batch %s already ended (%s): nothing to cancel", b.ID, b.State)
+	}
+	if _, err := eng.CancelBatch(ctx, b.ID); err != nil {
+		return "", cf.store.storeProblem(err)
+	}
+	return fmt.Sprintf("batch %s cancelled: devices not yet flashing are cancelled; devices flashing finish and are verified", b.ID), nil
 }
 
 // resumeFlags are the resume command's flags.
@@ -232,18 +235,14 @@ func (r *resumeFlags) execute(ctx context.Context, s *streams) int {
 	}
 	if rf.inventory == "" {
 		cf := &controlFlags{store: rf.store, batch: r.batch, json: rf.p.json}
-		pg, eng, b, code := cf.open(ctx, s, "resume")
-		if code >= 0 {
-			return code
-		}
-		defer pg.close()
-		note, err := resumeBatch(ctx, eng, b)
-		if err != nil {
-			return fail(s, "resume", exitError, cf.store.storeProblem(err))
-		}
-		note += ". Its devices run in the processes attached to it (fwupgrade batch or resume --wait-paused); to run them here: " +
-			controlLine("resume", &cf.store, b.ID) + " --inventory FILE"
-		return cf.report(ctx, s, "resume", pg.store, note)
+		return cf.run(ctx, s, "resume", func(ctx context.Context, cf *controlFlags, eng *upgrader.Engine, b store.Batch) (string, error) {
+			note, err := resumeBatch(ctx, eng, b)
+			if err != nil {
+				return "", cf.store.storeProblem(err)
+			}
+			return note + ". Its devices run in the processes attached to it (fwupgrade batch or resume --wait-paused); to run them here: " +
+				controlLine("resume", &cf.store, b.ID) + " --inventory FILE", nil
+		})
 	}
 	if err := rf.checkFlags(true); err != nil {
 		return usage(s, "resume", err)

@@ -70,16 +70,10 @@ func queryBool(r *http.Request, key string) (bool, error) {
 // dryRunUpgrade is GET build/{id}/upgrade/: what a batch upgrade would do,
 // with the filters as query parameters; ?check=1 also runs the read-only
 // checks on every selected device. Nothing is created.
-func (s *server) dryRunUpgrade(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) dryRunUpgrade(w http.ResponseWriter, r *http.Request, sc scope) error {
 	b, err := s.build(r.Context(), sc, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	q := r.URL.Query()
 	body := upgradeBody{Organization: q.Get("organization"), Group: q.Get("group"), Location: q.Get("location")}
@@ -87,23 +81,20 @@ func (s *server) dryRunUpgrade(w http.ResponseWriter, r *http.Request) {
 		body.Devices = strings.Split(v, ",")
 	}
 	if body.Firmwareless, err = queryBool(r, "firmwareless"); err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	req, err := body.request(sc, b)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
-	s.dryRun(w, r, sc, req)
+	return s.dryRun(w, r, sc, req)
 }
 
 // dryRun answers the plan of req (200), with the checks when ?check=1.
-func (s *server) dryRun(w http.ResponseWriter, r *http.Request, sc scope, req upgrader.BatchRequest) {
+func (s *server) dryRun(w http.ResponseWriter, r *http.Request, sc scope, req upgrader.BatchRequest) error {
 	check, err := queryBool(r, "check")
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	var plan upgrader.Plan
 	if check {
@@ -112,10 +103,10 @@ func (s *server) dryRun(w http.ResponseWriter, r *http.Request, sc scope, req up
 		plan, err = s.eng.PlanBatch(r.Context(), req)
 	}
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"dry_run": true, "plan": scopedPlan(sc, plan)})
+	return nil
 }
 
 // scopedPlan drops from a plan the devices of other organizations that a
@@ -135,44 +126,33 @@ func scopedPlan(sc scope, p upgrader.Plan) planView {
 // starts a batch upgrade, 201 with the batch and its plan. ?dry_run=1 only
 // plans it. A selection that is empty is 400 with the plan that explains why,
 // and nothing is created.
-func (s *server) upgradeBuild(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) upgradeBuild(w http.ResponseWriter, r *http.Request, sc scope) error {
 	b, err := s.build(r.Context(), sc, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	var body upgradeBody
 	if err := s.decodeJSON(w, r, &body, true); err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	req, err := body.request(sc, b)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	dry, err := queryBool(r, "dry_run")
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if dry {
-		s.dryRun(w, r, sc, req)
-		return
+		return s.dryRun(w, r, sc, req)
 	}
 	batch, plan, err := s.eng.CreateBatch(r.Context(), req)
 	if errors.Is(err, upgrader.ErrNothingSelected) {
 		writeJSON(w, http.StatusBadRequest, map[string]any{"detail": err.Error(), "plan": scopedPlan(sc, plan)})
-		return
+		return nil
 	}
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	st, err := s.eng.Batch(r.Context(), batch.ID)
 	if err != nil {
@@ -181,6 +161,7 @@ func (s *server) upgradeBuild(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Location", apiPrefix+"batch-upgrade-operation/"+batch.ID+"/")
 	writeJSON(w, http.StatusCreated, map[string]any{
 		"batch": batch.ID, "batch_upgrade_operation": batchJSON(st), "plan": scopedPlan(sc, plan)})
+	return nil
 }
 
 // parseStates reads ?status=a,b as operation states.
@@ -206,25 +187,19 @@ func splitList(v string) []string {
 	return out
 }
 
-func (s *server) listBatches(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) listBatches(w http.ResponseWriter, r *http.Request, sc scope) error {
 	f := store.BatchFilter{BuildID: r.URL.Query().Get("build")}
 	for _, v := range splitList(r.URL.Query().Get("status")) {
 		st, err := status.ParseBatchState(v)
 		if err != nil {
-			s.fail(w, r, badRequest("status: %v", err))
-			return
+			return badRequest("status: %v", err)
 		}
 		f.States = append(f.States, st)
 	}
 	org, ok := sc.filterOrg(r)
 	f.Organization = org
 	now := time.Now()
-	paginate(w, r, s, !ok, func(p store.Page) ([]store.Batch, error) {
+	return paginate(w, r, !ok, func(p store.Page) ([]store.Batch, error) {
 		f.Page = p
 		return s.st.ListBatches(r.Context(), f)
 	}, func(b store.Batch) string { return b.ID }, func(b store.Batch) any {
@@ -235,54 +210,30 @@ func (s *server) listBatches(w http.ResponseWriter, r *http.Request) {
 // batch returns the status of batch id when the caller may see it.
 func (s *server) batch(ctx context.Context, sc scope, id string) (upgrader.BatchStatus, error) {
 	b, err := s.eng.Batch(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !sc.owns(b.Organization)) {
-		return upgrader.BatchStatus{}, notFound("batch upgrade operation", id)
-	}
-	return b, err
-}
-
-func (s *server) getBatch(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	b, err := s.batch(r.Context(), sc, r.PathValue("id"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, batchJSON(b))
+	return visible(b, err, sc.owns(b.Organization), "batch upgrade operation", id)
 }
 
 // batchAction is POST batch-upgrade-operation/{id}/{start,pause,resume,cancel}/.
-func (s *server) batchAction(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) batchAction(w http.ResponseWriter, r *http.Request, sc scope) error {
 	actions := map[string]func(context.Context, string) (store.Batch, error){
 		"start": s.eng.StartBatch, "pause": s.eng.PauseBatch, "resume": s.eng.ResumeBatch, "cancel": s.eng.CancelBatch,
 	}
 	act, ok := actions[r.PathValue("action")]
 	if !ok {
-		writeError(w, http.StatusNotFound, "unknown action "+strconv.Quote(r.PathValue("action"))+": start, pause, resume or cancel")
-		return
+		return &apiError{code: http.StatusNotFound,
+			detail: "unknown action " + strconv.Quote(r.PathValue("action")) + ": start, pause, resume or cancel"}
 	}
 	b, err := s.batch(r.Context(), sc, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if _, err := act(r.Context(), b.ID); err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	st, err := s.eng.Batch(r.Context(), b.ID)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, batchJSON(st))
+	return nil
 }

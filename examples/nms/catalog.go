@@ -17,15 +17,10 @@ import (
 
 // Categories, builds and images: the firmware catalog.
 
-func (s *server) listCategories(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) listCategories(w http.ResponseWriter, r *http.Request, sc scope) error {
 	org, ok := sc.filterOrg(r)
 	f := store.CategoryFilter{Organization: org, IncludeShared: sc.scoped(), Name: r.URL.Query().Get("name")}
-	paginate(w, r, s, !ok, func(p store.Page) ([]store.Category, error) {
+	return paginate(w, r, !ok, func(p store.Page) ([]store.Category, error) {
 		f.Page = p
 		return s.st.ListCategories(r.Context(), f)
 	}, func(c store.Category) string { return c.ID }, categoryJSON)
@@ -34,24 +29,7 @@ func (s *server) listCategories(w http.ResponseWriter, r *http.Request) {
 // category returns category id when the caller may see it.
 func (s *server) category(ctx context.Context, sc scope, id string) (store.Category, error) {
 	c, err := s.st.Category(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !sc.sees(c.Organization)) {
-		return store.Category{}, notFound("category", id)
-	}
-	return c, err
-}
-
-func (s *server) getCategory(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	c, err := s.category(r.Context(), sc, r.PathValue("id"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, categoryJSON(c))
+	return visible(c, err, sc.sees(c.Organization), "category", id)
 }
 
 type categoryBody struct {
@@ -60,29 +38,22 @@ type categoryBody struct {
 	Organization string `json:"organization"`
 }
 
-func (s *server) createCategory(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) createCategory(w http.ResponseWriter, r *http.Request, sc scope) error {
 	var body categoryBody
 	if err := s.decodeJSON(w, r, &body, false); err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	org, err := ownOrg(sc, body.Organization)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	c, err := s.eng.CreateCategory(r.Context(), store.Category{Name: body.Name, Description: body.Description, Organization: org})
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", apiPrefix+"category/"+c.ID+"/")
 	writeJSON(w, http.StatusCreated, categoryJSON(c))
+	return nil
 }
 
 // ownOrg is the organization of a record a caller creates: the caller's,
@@ -97,16 +68,11 @@ func ownOrg(sc scope, asked string) (string, error) {
 	return sc.org, nil
 }
 
-func (s *server) listBuilds(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) listBuilds(w http.ResponseWriter, r *http.Request, sc scope) error {
 	q := r.URL.Query()
 	org, ok := sc.filterOrg(r)
 	f := store.BuildFilter{Organization: org, IncludeShared: sc.scoped(), CategoryID: q.Get("category"), OSIdentifier: q.Get("os")}
-	paginate(w, r, s, !ok, func(p store.Page) ([]store.Build, error) {
+	return paginate(w, r, !ok, func(p store.Page) ([]store.Build, error) {
 		f.Page = p
 		return s.st.ListBuilds(r.Context(), f)
 	}, func(b store.Build) string { return b.ID }, buildJSON)
@@ -115,24 +81,7 @@ func (s *server) listBuilds(w http.ResponseWriter, r *http.Request) {
 // build returns build id when the caller may see it.
 func (s *server) build(ctx context.Context, sc scope, id string) (store.Build, error) {
 	b, err := s.st.Build(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && !sc.sees(b.Organization)) {
-		return store.Build{}, notFound("build", id)
-	}
-	return b, err
-}
-
-func (s *server) getBuild(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	b, err := s.build(r.Context(), sc, r.PathValue("id"))
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, buildJSON(b))
+	return visible(b, err, sc.sees(b.Organization), "build", id)
 }
 
 type buildBody struct {
@@ -142,53 +91,38 @@ type buildBody struct {
 	Changelog string `json:"changelog"`
 }
 
-func (s *server) createBuild(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) createBuild(w http.ResponseWriter, r *http.Request, sc scope) error {
 	var body buildBody
 	if err := s.decodeJSON(w, r, &body, false); err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if body.Category == "" {
-		s.fail(w, r, badRequest("category is required"))
-		return
+		return badRequest("category is required")
 	}
 	c, err := s.category(r.Context(), sc, body.Category)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if !sc.writable(c.Organization) {
-		s.fail(w, r, forbidden("category %s is shared: only an operator without %s adds builds to it", c.ID, orgHeader))
-		return
+		return forbidden("category %s is shared: only an operator without %s adds builds to it", c.ID, orgHeader)
 	}
 	b, err := s.eng.CreateBuild(r.Context(), store.Build{CategoryID: c.ID, Version: body.Version,
 		OSIdentifier: body.OS, Changelog: body.Changelog})
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	w.Header().Set("Location", apiPrefix+"build/"+b.ID+"/")
 	writeJSON(w, http.StatusCreated, buildJSON(b))
+	return nil
 }
 
-func (s *server) listImages(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) listImages(w http.ResponseWriter, r *http.Request, sc scope) error {
 	b, err := s.build(r.Context(), sc, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	f := store.ImageFilter{BuildID: b.ID, Type: r.URL.Query().Get("type")}
-	paginate(w, r, s, false, func(p store.Page) ([]store.Image, error) {
+	return paginate(w, r, false, func(p store.Page) ([]store.Image, error) {
 		f.Page = p
 		return s.st.ListImages(r.Context(), f)
 	}, func(im store.Image) string { return im.ID }, imageJSON)
@@ -197,24 +131,16 @@ func (s *server) listImages(w http.ResponseWriter, r *http.Request) {
 // image returns image id of build buildID when the caller may see it.
 func (s *server) image(ctx context.Context, sc scope, buildID, id string) (store.Image, error) {
 	im, err := s.st.Image(ctx, id)
-	if errors.Is(err, store.ErrNotFound) || (err == nil && (im.BuildID != buildID || !sc.sees(im.Organization))) {
-		return store.Image{}, notFound("image", id)
-	}
-	return im, err
+	return visible(im, err, im.BuildID == buildID && sc.sees(im.Organization), "image", id)
 }
 
-func (s *server) getImage(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) getImage(w http.ResponseWriter, r *http.Request, sc scope) error {
 	im, err := s.image(r.Context(), sc, r.PathValue("id"), r.PathValue("image"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	writeJSON(w, http.StatusOK, imageJSON(im))
+	return nil
 }
 
 // uploadImage stores an image sent as multipart/form-data: optional "type",
@@ -222,26 +148,18 @@ func (s *server) getImage(w http.ResponseWriter, r *http.Request) {
 // engine's Files without being held in memory or on disk here. The engine
 // stores nothing when anything is wrong (too large, corrupt metadata, a
 // checksum that does not match, a duplicate type).
-func (s *server) uploadImage(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) uploadImage(w http.ResponseWriter, r *http.Request, sc scope) error {
 	b, err := s.build(r.Context(), sc, r.PathValue("id"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if !sc.writable(b.Organization) {
-		s.fail(w, r, forbidden("build %s is shared: only an operator without %s adds images to it", b.ID, orgHeader))
-		return
+		return forbidden("build %s is shared: only an operator without %s adds images to it", b.ID, orgHeader)
 	}
 	mt, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mt != "multipart/form-data" || params["boundary"] == "" {
-		s.fail(w, r, &apiError{code: http.StatusUnsupportedMediaType,
-			detail: "an image is uploaded as multipart/form-data with a \"file\" part"})
-		return
+		return &apiError{code: http.StatusUnsupportedMediaType,
+			detail: "an image is uploaded as multipart/form-data with a \"file\" part"}
 	}
 	limit := s.eng.Config().MaxImageSize
 	if limit != upgrader.NoImageSizeLimit {
@@ -252,12 +170,10 @@ func (s *server) uploadImage(w http.ResponseWriter, r *http.Request) {
 	for {
 		part, err := mr.NextPart()
 		if errors.Is(err, io.EOF) {
-			s.fail(w, r, badRequest("the form has no \"file\" part"))
-			return
+			return badRequest("the form has no \"file\" part")
 		}
 		if err != nil {
-			s.fail(w, r, multipartError(err))
-			return
+			return multipartError(err)
 		}
 		name := part.FormName()
 		if name == "file" {
@@ -273,21 +189,18 @@ func (s *server) uploadImage(w http.ResponseWriter, r *http.Request) {
 				err = multipartError(body.err)
 			}
 			if err != nil {
-				s.fail(w, r, err)
-				return
+				return err
 			}
 			w.Header().Set("Location", fmt.Sprintf("%sbuild/%s/image/%s/", apiPrefix, b.ID, created.ID))
 			writeJSON(w, http.StatusCreated, imageJSON(created))
-			return
+			return nil
 		}
 		v, err := io.ReadAll(io.LimitReader(part, maxMultipartFieldLength+1))
 		if err != nil {
-			s.fail(w, r, multipartError(err))
-			return
+			return multipartError(err)
 		}
 		if len(v) > maxMultipartFieldLength {
-			s.fail(w, r, badRequest("the form field %q is longer than %d bytes", name, maxMultipartFieldLength))
-			return
+			return badRequest("the form field %q is longer than %d bytes", name, maxMultipartFieldLength)
 		}
 		switch name {
 		case "type":
@@ -297,8 +210,7 @@ func (s *server) uploadImage(w http.ResponseWriter, r *http.Request) {
 		case "sha256":
 			im.SHA256 = strings.TrimSpace(string(v))
 		default:
-			s.fail(w, r, badRequest("unknown form field %q (type, name, sha256 and file are; file comes last)", name))
-			return
+			return badRequest("unknown form field %q (type, name, sha256 and file are; file comes last)", name)
 		}
 	}
 }
@@ -331,25 +243,17 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // downloadImage streams an image's bytes from the engine's Files. Readers
 // with random access (memory, directory and PostgreSQL files all have it)
 // are served with http.ServeContent, so Range and If-None-Match work.
-func (s *server) downloadImage(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) downloadImage(w http.ResponseWriter, r *http.Request, sc scope) error {
 	im, err := s.image(r.Context(), sc, r.PathValue("id"), r.PathValue("image"))
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	rc, err := s.files.Open(r.Context(), im.ID)
 	if errors.Is(err, upgrader.ErrFileNotFound) {
-		s.fail(w, r, &apiError{code: http.StatusNotFound, detail: fmt.Sprintf("the bytes of image %s are missing", im.ID)})
-		return
+		return &apiError{code: http.StatusNotFound, detail: fmt.Sprintf("the bytes of image %s are missing", im.ID)}
 	}
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	defer rc.Close()
 	h := w.Header()
@@ -358,10 +262,11 @@ func (s *server) downloadImage(w http.ResponseWriter, r *http.Request) {
 	h.Set("ETag", `"`+im.SHA256+`"`)
 	if ra, ok := rc.(io.ReaderAt); ok {
 		http.ServeContent(w, r, "", im.CreatedAt, io.NewSectionReader(ra, 0, im.Size))
-		return
+		return nil
 	}
 	h.Set("Content-Length", fmt.Sprint(im.Size))
 	if _, err := io.Copy(w, rc); err != nil {
 		s.log.Debug("image download cut short", "image", im.ID, "error", err)
 	}
+	return nil
 }

@@ -96,34 +96,33 @@ func (st *stream) write(b []byte) error {
 // ?operation=ID one operation; otherwise every event of the caller's
 // organization (X-Organization, or ?organization= for EventSource), or of
 // all of them.
-func (s *server) events(w http.ResponseWriter, r *http.Request) {
-	sc, err := scopeOf(r)
-	if err != nil {
-		s.fail(w, r, err)
-		return
-	}
+func (s *server) events(w http.ResponseWriter, r *http.Request, sc scope) error {
 	q := r.URL.Query()
 	if org := q.Get("organization"); org != "" {
 		if sc.scoped() && org != sc.org {
-			s.fail(w, r, forbidden("organization %q is not yours (%s: %s)", org, orgHeader, sc.org))
-			return
+			return forbidden("organization %q is not yours (%s: %s)", org, orgHeader, sc.org)
 		}
 		sc = scope{org: org}
 	}
 	batchID, opID := q.Get("batch"), q.Get("operation")
 	if batchID != "" {
 		if _, err := s.batch(r.Context(), sc, batchID); err != nil {
-			s.fail(w, r, err)
-			return
+			return err
 		}
 	}
 	if opID != "" {
 		if _, err := s.operation(r.Context(), sc, opID); err != nil {
-			s.fail(w, r, err)
-			return
+			return err
 		}
 	}
+	s.serveEvents(w, r, sc, batchID, opID)
+	return nil
+}
 
+// serveEvents streams the events of events/ until the client leaves, the
+// server shuts down or the engine stops. Once the stream has started, a
+// failure only ends it.
+func (s *server) serveEvents(w http.ResponseWriter, r *http.Request, sc scope, batchID, opID string) {
 	// Subscribe before the snapshot: what happens while it is read comes
 	// after it.
 	ch, unsubscribe := s.eng.Subscribe(s.cfg.StreamBuffer)

@@ -60,13 +60,13 @@ type pageBody struct {
 // page in ID order (store.Page); page-number pagination reads the whole list
 // to count it, a cursor reads one page (and one record more, to know whether
 // there is a next page). empty answers an empty first page without asking
-// the store (a filter that excludes everything).
-func paginate[T any](w http.ResponseWriter, r *http.Request, s *server, empty bool,
-	list func(store.Page) ([]T, error), id func(T) string, render func(T) any) {
+// the store (a filter that excludes everything). It returns the error to
+// answer instead of the page.
+func paginate[T any](w http.ResponseWriter, r *http.Request, empty bool,
+	list func(store.Page) ([]T, error), id func(T) string, render func(T) any) error {
 	pr, err := parsePage(r)
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	body := pageBody{Results: []any{}}
 	var recs []T
@@ -96,8 +96,7 @@ func paginate[T any](w http.ResponseWriter, r *http.Request, s *server, empty bo
 		}
 	}
 	if err != nil {
-		s.fail(w, r, err)
-		return
+		return err
 	}
 	if empty {
 		n := 0
@@ -109,6 +108,7 @@ func paginate[T any](w http.ResponseWriter, r *http.Request, s *server, empty bo
 		body.Results = append(body.Results, render(rec))
 	}
 	writeJSON(w, http.StatusOK, body)
+	return nil
 }
 
 // pageURL is the absolute URL of r with query parameter key set to value.

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -85,16 +86,16 @@ func newServer(eng *upgrader.Engine, log *slog.Logger, cfg serverConfig) *server
 }
 
 func (s *server) routes() {
-	api := func(pattern string, h http.HandlerFunc) {
+	api := func(pattern string, h handler) {
 		method, path, _ := strings.Cut(pattern, " ")
-		s.mux.HandleFunc(method+" "+apiPrefix+path+"{$}", h)
+		s.mux.HandleFunc(method+" "+apiPrefix+path+"{$}", s.handle(h))
 	}
 	api("GET category/", s.listCategories)
 	api("POST category/", s.createCategory)
-	api("GET category/{id}/", s.getCategory)
+	api("GET category/{id}/", getOne(s.category, categoryJSON))
 	api("GET build/", s.listBuilds)
 	api("POST build/", s.createBuild)
-	api("GET build/{id}/", s.getBuild)
+	api("GET build/{id}/", getOne(s.build, buildJSON))
 	api("GET build/{id}/image/", s.listImages)
 	api("POST build/{id}/image/", s.uploadImage)
 	api("GET build/{id}/image/{image}/", s.getImage)
@@ -102,7 +103,7 @@ func (s *server) routes() {
 	api("GET build/{id}/upgrade/", s.dryRunUpgrade)
 	api("POST build/{id}/upgrade/", s.upgradeBuild)
 	api("GET batch-upgrade-operation/", s.listBatches)
-	api("GET batch-upgrade-operation/{id}/", s.getBatch)
+	api("GET batch-upgrade-operation/{id}/", getOne(s.batch, batchJSON))
 	api("POST batch-upgrade-operation/{id}/{action}/", s.batchAction)
 	api("GET upgrade-operation/", s.listOperations)
 	api("GET upgrade-operation/{id}/", s.getOperation)
@@ -116,6 +117,37 @@ func (s *server) routes() {
 	api("GET events/", s.events)
 	s.mux.HandleFunc("GET /{$}", s.page)
 	s.mux.Handle("GET /static/", staticHandler())
+}
+
+// handler is an API handler: it answers the request of a caller of scope
+// sc, or returns the error to answer.
+type handler func(w http.ResponseWriter, r *http.Request, sc scope) error
+
+// handle makes h an http.HandlerFunc: it reads the caller's scope, and
+// answers an error h returns with s.fail.
+func (s *server) handle(h handler) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		sc, err := scopeOf(r)
+		if err == nil {
+			err = h(w, r, sc)
+		}
+		if err != nil {
+			s.fail(w, r, err)
+		}
+	}
+}
+
+// getOne is the handler of GET .../{id}/ for a record that find looks up
+// for the caller, written as render shapes it.
+func getOne[T any](find func(context.Context, scope, string) (T, error), render func(T) any) handler {
+	return func(w http.ResponseWriter, r *http.Request, sc scope) error {
+		rec, err := find(r.Context(), sc, r.PathValue("id"))
+		if err != nil {
+			return err
+		}
+		writeJSON(w, http.StatusOK, render(rec))
+		return nil
+	}
 }
 
 // Handler returns the server's handler. Requests the API does not route
@@ -202,6 +234,18 @@ func scopeOf(r *http.Request) (scope, error) {
 		return scope{}, badRequest("the %s header is longer than %d characters", orgHeader, store.MaxIDLen)
 	}
 	return scope{org: org}, nil
+}
+
+// visible returns rec, which a store read returned with err, when the
+// caller may see it (ok). A record that does not exist and one the caller
+// may not see are the same 404 (what and id name it): a caller does not
+// learn of other organizations' records.
+func visible[T any](rec T, err error, ok bool, what, id string) (T, error) {
+	if errors.Is(err, store.ErrNotFound) || (err == nil && !ok) {
+		var zero T
+		return zero, notFound(what, id)
+	}
+	return rec, err
 }
 
 // apiError is an error with its HTTP status.
