@@ -27,6 +27,7 @@ type maintenance struct {
 	hint chan struct{}
 
 	restores []restoreRequest      // asked for, not started
+	drained  bool                  // the last restores ran: the engine stopped
 	running  sync.WaitGroup        // restores started
 	sem      chan struct{}         // bounds the restores running at once
 	undo     map[string]*undoState // of the operations this engine runs (see track)

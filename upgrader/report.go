@@ -119,6 +119,7 @@ func (r *reporter) Progress(ctx context.Context, percent int) error {
 func (r *reporter) Log(ctx context.Context, line string) error {
 	wctx, cancel := writeContext(ctx)
 	defer cancel()
+	line = ordinaryLine(line)
 	if err := r.e.store.AppendLog(wctx, r.op.ID, r.c.token, line); err != nil {
 		if errors.Is(err, store.ErrStaleToken) {
 			return r.why(wctx, err)

@@ -51,6 +51,16 @@ const (
 	restoreTimeout = 5 * time.Minute
 )
 
+// ordinaryLine returns a line an upgrader logs (through Reporter.Log) so
+// that it cannot read as an undo record or as their clearing: a device's
+// output is logged too, and must not decide what the engine undoes.
+func ordinaryLine(line string) string {
+	if strings.HasPrefix(line, undoPrefix) || line == undoneLine {
+		return "device: " + line
+	}
+	return line
+}
+
 // pendingUndo returns the undo records of an operation's log that no later
 // line cleared, oldest first.
 func pendingUndo(entries []store.LogEntry) []string {
@@ -212,7 +222,7 @@ func (r *restoreReporter) Phase(context.Context, status.Phase) error { return er
 func (r *restoreReporter) Progress(context.Context, int) error { return errRestoreReport }
 
 func (r *restoreReporter) Log(ctx context.Context, line string) error {
-	return r.e.appendLine(ctx, r.op, r.token, line)
+	return r.e.appendLine(ctx, r.op, r.token, ordinaryLine(line))
 }
 
 // Cancelled is nil while ctx lives: a restore cannot be cancelled.
@@ -361,9 +371,38 @@ type restoreRequest struct {
 // runs once this engine's maintenance runs (Start); Stop waits for it.
 func (e *Engine) restoreLater(op store.Operation, at time.Time) {
 	e.maint.mu.Lock()
+	if e.maint.drained {
+		e.maint.mu.Unlock()
+		e.restoreDropped(op.ID)
+		return
+	}
 	e.maint.restores = append(e.maint.restores, restoreRequest{id: op.ID, at: at})
 	e.maint.mu.Unlock()
 	e.maint.wakeAt(at)
+}
+
+// restoreDropped says, on the operation and in the engine's log, that a
+// restore asked for once this engine's maintenance had ended (the engine
+// stopped, or was never started) will not run here.
+func (e *Engine) restoreDropped(id string) {
+	ctx, cancel := context.WithTimeout(context.Background(), restoreTimeout)
+	defer cancel()
+	op, err := e.store.Operation(ctx, id)
+	if err != nil {
+		e.log.Error("restore: cannot read the operation", slog.String("operation", id), slog.Any("error", err))
+		return
+	}
+	undo, err := e.loadUndo(ctx, id)
+	if err != nil || len(undo) == 0 {
+		return
+	}
+	why := "this engine is stopped: start it again, or cancel from a running engine, to undo them"
+	if err := e.appendLine(ctx, op, 0, fmt.Sprintf("changes of an interrupted attempt may be left on the device (%s): %s",
+		records(len(undo)), why)); err != nil {
+		e.log.Warn("cannot append to the operation log", slog.String("operation", id), slog.Any("error", err))
+	}
+	e.log.Error("changes of an interrupted attempt left on the device", slog.String("operation", id),
+		slog.String("device", op.DeviceID), slog.String("why", why))
 }
 
 // afterCancel is what Cancel does once its compare-and-set won on op (as it
@@ -428,7 +467,6 @@ func (e *Engine) runRestores(final bool) {
 // waiting interrupts them.
 func (e *Engine) drainRestores() {
 	m := &e.maint
-	defer m.running.Wait()
 	for {
 		m.mu.Lock()
 		var next time.Time
@@ -440,7 +478,17 @@ func (e *Engine) drainRestores() {
 		left := len(m.restores)
 		m.mu.Unlock()
 		if left == 0 {
-			return
+			// Restores still running may ask for more (a restore that
+			// failed asks again): look again once they ended.
+			m.running.Wait()
+			m.mu.Lock()
+			if len(m.restores) == 0 {
+				m.drained = true // restoreLater reports from now on
+				m.mu.Unlock()
+				return
+			}
+			m.mu.Unlock()
+			continue
 		}
 		if wait := next.Sub(e.cfg.Now()); wait > 0 {
 			t := time.NewTimer(wait)
@@ -448,6 +496,14 @@ func (e *Engine) drainRestores() {
 			case <-t.C:
 			case <-e.dead.Done():
 				t.Stop()
+				m.running.Wait()
+				m.mu.Lock()
+				dropped := m.restores
+				m.restores, m.drained = nil, true
+				m.mu.Unlock()
+				for _, r := range dropped {
+					e.restoreDropped(r.id)
+				}
 				return
 			}
 		}
