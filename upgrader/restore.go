@@ -305,9 +305,7 @@ func (e *Engine) restore(ctx context.Context, op store.Operation, token int64, u
 		}
 	}
 	left := func(why string) bool {
-		note(fmt.Sprintf("changes of an interrupted attempt may be left on the device (%s): %s", records(len(undo)), why))
-		e.log.Error("changes of an interrupted attempt left on the device", slog.String("operation", op.ID),
-			slog.String("device", op.DeviceID), slog.String("why", why))
+		e.reportLeft(ctx, op, token, len(undo), why)
 		return false
 	}
 	d, err := e.store.Device(ctx, op.DeviceID)
@@ -396,12 +394,18 @@ func (e *Engine) restoreDropped(id string) {
 	if err != nil || len(undo) == 0 {
 		return
 	}
-	why := "this engine is stopped: start it again, or cancel from a running engine, to undo them"
-	if err := e.appendLine(ctx, op, 0, fmt.Sprintf("changes of an interrupted attempt may be left on the device (%s): %s",
-		records(len(undo)), why)); err != nil {
-		e.log.Warn("cannot append to the operation log", slog.String("operation", id), slog.Any("error", err))
+	e.reportLeft(ctx, op, 0, len(undo), "this engine is stopped: start it again, or cancel from a running engine, to undo them")
+}
+
+// reportLeft says, on operation op (a line fenced with token) and in the
+// engine's log, that n undo records of an interrupted attempt were not
+// undone, and why.
+func (e *Engine) reportLeft(ctx context.Context, op store.Operation, token int64, n int, why string) {
+	line := fmt.Sprintf("changes of an interrupted attempt may be left on the device (%s): %s", records(n), why)
+	if err := e.appendLine(ctx, op, token, line); err != nil {
+		e.log.Warn("cannot append to the operation log", slog.String("operation", op.ID), slog.Any("error", err))
 	}
-	e.log.Error("changes of an interrupted attempt left on the device", slog.String("operation", id),
+	e.log.Error("changes of an interrupted attempt left on the device", slog.String("operation", op.ID),
 		slog.String("device", op.DeviceID), slog.String("why", why))
 }
 

@@ -10,41 +10,8 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/fwupgrader/fwupgrader/status"
-	"github.com/fwupgrader/fwupgrader/store"
 	"github.com/fwupgrader/fwupgrader/upgrader"
 )
-
-// dieAfter runs the first attempt of a new operation on an engine that dies
-// (its store stops answering) once do returned, and returns the operation,
-// in progress in phase memory, whose lease will lapse. do gets the attempt's
-// job after the phase was recorded.
-func (r *undoRig) dieAfter(t *testing.T, do func(ctx context.Context, job *upgrader.Job)) store.Operation {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	fs := &failingStore{Store: r.st}
-	dying := r.engine(t, fs, nil)
-	op, err := dying.Create(ctx, upgrader.Request{DeviceID: r.dev.ID, ImageID: r.image.ID})
-	require.NoError(t, err)
-	script := r.fake.script
-	r.fake.script = func(ctx context.Context, job *upgrader.Job, n int) error {
-		if n > 1 {
-			return script(ctx, job, n)
-		}
-		require.NoError(t, job.Report.Phase(ctx, status.PhaseMemory))
-		do(ctx, job)
-		fs.cut.Store(true)
-		<-ctx.Done()
-		return ctx.Err()
-	}
-	_, err = dying.Run(ctx, op.ID)
-	require.Error(t, err)
-	cur, err := r.st.Operation(ctx, op.ID)
-	require.NoError(t, err)
-	require.Equal(t, status.InProgress, cur.State)
-	return cur
-}
 
 // An upgrader logs the device's output with Report.Log, one line at a time
 // as the device prints it (the openwrt package does so for sysupgrade

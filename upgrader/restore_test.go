@@ -134,6 +134,19 @@ func (r *undoRig) engine(t *testing.T, st store.Store, mod func(*upgrader.Config
 // returns the operation, in progress, whose lease will lapse.
 func (r *undoRig) interrupted(t *testing.T, recs ...string) store.Operation {
 	t.Helper()
+	return r.dieAfter(t, func(ctx context.Context, job *upgrader.Job) {
+		for _, rec := range recs {
+			require.NoError(t, recordUndo(ctx, job, rec))
+		}
+	})
+}
+
+// dieAfter runs the first attempt of a new operation on an engine that dies
+// (its store stops answering) once do returned, and returns the operation,
+// in progress in phase memory, whose lease will lapse. do gets the attempt's
+// job after the phase was recorded.
+func (r *undoRig) dieAfter(t *testing.T, do func(ctx context.Context, job *upgrader.Job)) store.Operation {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	fs := &failingStore{Store: r.st}
@@ -146,9 +159,7 @@ func (r *undoRig) interrupted(t *testing.T, recs ...string) store.Operation {
 			return script(ctx, job, n)
 		}
 		require.NoError(t, job.Report.Phase(ctx, status.PhaseMemory))
-		for _, rec := range recs {
-			require.NoError(t, recordUndo(ctx, job, rec))
-		}
+		do(ctx, job)
 		fs.cut.Store(true)
 		<-ctx.Done() // the claim is given up: the attempt stops, undoing nothing
 		return ctx.Err()

@@ -163,6 +163,20 @@ func (p *pgSchema) devices(ctx context.Context, prefix string, n int, tmpl store
 	return ids, nil
 }
 
+// fleet makes the catalog of organization "org" and n of its devices, and
+// returns the build and one operation per device (to create in a batch).
+func (p *pgSchema) fleet(ctx context.Context, n int) (store.Build, []store.Operation, error) {
+	build, im, err := p.catalog(ctx, "org")
+	if err != nil {
+		return build, nil, err
+	}
+	ids, err := p.devices(ctx, "dev-", n, store.Device{Organization: "org", Active: true})
+	if err != nil {
+		return build, nil, err
+	}
+	return build, opsFor(ids, im.ID), nil
+}
+
 func opsFor(devices []string, image string) []store.Operation {
 	ops := make([]store.Operation, len(devices))
 	for i, d := range devices {
@@ -202,27 +216,23 @@ func postgresSection(ctx context.Context, r *run) error {
 			return err
 		}
 		defer p.drop()
-		build, im, err := p.catalog(ctx, "org")
+		build, ops, err := p.fleet(ctx, r.set.pgBatch)
 		if err != nil {
 			return err
 		}
-		ids, err := p.devices(ctx, "dev-", r.set.pgBatch, store.Device{Organization: "org", Active: true})
-		if err != nil {
-			return err
-		}
-		r.logf("creating a batch of %d operations", len(ids))
+		r.logf("creating a batch of %d operations", len(ops))
 		start := time.Now()
 		b, out, err := p.s.CreateBatch(ctx, store.Batch{Organization: "org", BuildID: build.ID, State: status.BatchInProgress,
 			Rollout: store.Rollout{MaxConcurrent: 10, Waves: []store.WaveSize{{Count: 1}, {Percent: 10}, {Percent: 100}}}},
-			opsFor(ids, im.ID))
+			ops)
 		took := time.Since(start)
 		if err != nil {
 			return err
 		}
-		if len(out) != len(ids) || b.Counts[status.Pending] != len(ids) {
-			return fmt.Errorf("the batch has %d operations, %d pending; %d expected", len(out), b.Counts[status.Pending], len(ids))
+		if len(out) != len(ops) || b.Counts[status.Pending] != len(ops) {
+			return fmt.Errorf("the batch has %d operations, %d pending; %d expected", len(out), b.Counts[status.Pending], len(ops))
 		}
-		note := fmt.Sprintf("%.0f operations/s; goal 10 s per 100,000", float64(len(ids))/took.Seconds())
+		note := fmt.Sprintf("%.0f operations/s; goal 10 s per 100,000", float64(len(ops))/took.Seconds())
 		r.add(createName, took.Seconds(), "s", createGoal, note)
 		return nil
 	}(); err != nil {
@@ -250,16 +260,12 @@ func transitions(ctx context.Context, r *run, pool *pgxpool.Pool, name string, g
 		return err
 	}
 	defer p.drop()
-	build, im, err := p.catalog(ctx, "org")
-	if err != nil {
-		return err
-	}
-	ids, err := p.devices(ctx, "dev-", n, store.Device{Organization: "org", Active: true})
+	build, ops, err := p.fleet(ctx, n)
 	if err != nil {
 		return err
 	}
 	if _, _, err := p.s.CreateBatch(ctx, store.Batch{Organization: "org", BuildID: build.ID, State: status.BatchInProgress},
-		opsFor(ids, im.ID)); err != nil {
+		ops); err != nil {
 		return err
 	}
 	claimed, err := p.s.ClaimOperations(ctx, "bench-engine", n, time.Hour)
@@ -358,16 +364,12 @@ func claims(ctx context.Context, r *run, pool *pgxpool.Pool) error {
 		return err
 	}
 	defer p.drop()
-	build, im, err := p.catalog(ctx, "org")
-	if err != nil {
-		return err
-	}
-	ids, err := p.devices(ctx, "dev-", r.set.pgBatch, store.Device{Organization: "org", Active: true})
+	build, ops, err := p.fleet(ctx, r.set.pgBatch)
 	if err != nil {
 		return err
 	}
 	if _, _, err := p.s.CreateBatch(ctx, store.Batch{Organization: "org", BuildID: build.ID, State: status.BatchInProgress},
-		opsFor(ids, im.ID)); err != nil {
+		ops); err != nil {
 		return err
 	}
 	for _, claimers := range []int{1, pgWorkers} {
